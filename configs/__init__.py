@@ -1,0 +1,1 @@
+"""Recipe configs shipped with mmer (YAML)."""

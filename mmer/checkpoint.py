@@ -1,0 +1,144 @@
+"""Checkpoints: safetensors weights plus ``mmer.json`` metadata, loadable without any YAML.
+
+Layout of a checkpoint folder::
+
+    model.safetensors   weights (float32, or float16 for the embedded defaults)
+    mmer.json           {"format": "mmer-checkpoint", "model": <registry name>, "dims": {...},
+                         "label_set": ..., "provenance": {...}}
+    <assets>/           whatever the model's ``save_assets`` wrote (tokenizer, encoder config)
+
+Pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``, ``.pkl``) are refused: unpickling
+runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmer.registry import MODELS
+
+FORMAT = "mmer-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "mmer.json"
+PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file and the fix."""
+
+
+def _state_dict_for_save(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    state = {}
+    seen: dict[int, str] = {}
+    for name, tensor in model.state_dict().items():
+        # Tied weights share storage; safetensors refuses shared tensors, so each is written once
+        # and re-tied by load_state_dict(strict=False) + the model's own tying.
+        key = tensor.data_ptr()
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen[key] = name
+        t = tensor.detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        state[name] = t.contiguous()
+    return state
+
+
+def save_checkpoint(model: Any, folder: str | Path, provenance: dict | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` (an :class:`mmer.models.base.MmerModel`) to ``folder``.
+
+    ``provenance`` records how it was made (data, recipe, metrics); ``dtype=torch.float16``
+    halves the size of floating-point weights (they load back as float32).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(_state_dict_for_save(model, dtype), str(folder / WEIGHTS), metadata={"format": "pt"})
+    model.save_assets(folder)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.registry_name,
+        "dims": model.dims_dict(),
+        "label_set": model.label_set,
+        "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
+        "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": provenance or {},
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=False), encoding="utf-8")
+    return folder
+
+
+def resolve(path_or_name: str | Path) -> Path:
+    """Turn a checkpoint folder, a file inside it, or an embedded default's name into a folder."""
+    p = Path(path_or_name)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{p}: pickle checkpoints are refused because loading them can run arbitrary code. "
+            f"Convert it once in a trusted environment: load it with torch, then "
+            f"mmer.checkpoint.save_checkpoint(model, 'out_dir') writes safetensors + mmer.json.")
+    if p.is_file() and p.name in (WEIGHTS, META):
+        p = p.parent
+    if p.is_dir():
+        return p
+    embedded = ASSETS_DIR / str(path_or_name)
+    if (embedded / META).is_file():
+        return embedded
+    known = sorted(d.name for d in ASSETS_DIR.iterdir() if (d / META).is_file()) if ASSETS_DIR.is_dir() else []
+    raise CheckpointError(f"{path_or_name}: no checkpoint folder and no embedded default of that name; "
+                          f"embedded defaults: {known or 'none installed'}")
+
+
+def read_meta(folder: str | Path) -> dict:
+    folder = resolve(folder)
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: no {META}; a mmer checkpoint folder holds {WEIGHTS} and {META} "
+                              f"(written by mmer.checkpoint.save_checkpoint)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({e}); re-save the checkpoint") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is newer than this mmer "
+                              f"reads ({FORMAT_VERSION}); upgrade mmer")
+    return meta
+
+
+def load_checkpoint(path_or_name: str | Path, device: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint folder (or embedded default name) into a ready, eval-mode model."""
+    import mmer.models  # noqa: F401  (fills the registry)
+
+    folder = resolve(path_or_name)
+    meta = read_meta(folder)
+    cls = MODELS.get(meta["model"])
+    dims = cls.dims_from_dict(meta["dims"], source=str(folder / META))
+    model = cls.from_checkpoint(dims, folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{folder}: {WEIGHTS} is missing")
+    state = load_file(str(weights))
+    expected = model.state_dict()
+    state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Only tied (shared-storage) weights may be absent from the file.
+    ptrs = {}
+    for k, v in expected.items():
+        ptrs.setdefault(v.data_ptr(), []).append(k)
+    tied = {k for group in ptrs.values() if len(group) > 1 for k in group}
+    really_missing = [k for k in missing if k not in tied]
+    if really_missing or unexpected:
+        raise CheckpointError(f"{weights}: weights do not match the '{meta['model']}' architecture in {META}: "
+                              f"missing {really_missing[:5]}, unexpected {list(unexpected)[:5]}")
+    model.checkpoint_meta = meta
+    return model.to(device).eval()

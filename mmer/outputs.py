@@ -1,0 +1,31 @@
+"""Typed model outputs shared by every model of the zoo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class EmotionOutput:
+    """What every mmer model's ``forward`` returns.
+
+    logits:   (B, C) class scores in the order of the model's label set.
+    probs:    (B, C) softmax of ``logits``.
+    features: named (B, D) tensors the model computed on the way, for distillation and fusion:
+              ``"text"``, ``"audio"``, ``"visual"`` (the KD-width features of each modality),
+              plus model-specific extras.
+    loss:     scalar training loss when labels were given, else ``None``.
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss: torch.Tensor | None = None
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, features: dict[str, torch.Tensor] | None = None,
+                    loss: torch.Tensor | None = None) -> "EmotionOutput":
+        """Build an output from (B, C) ``logits``; ``probs`` is their softmax in float32."""
+        return cls(logits=logits, probs=torch.softmax(logits.float(), dim=-1), features=features or {}, loss=loss)
