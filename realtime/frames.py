@@ -1,0 +1,76 @@
+"""The few frame types that flow through the live pipeline.
+
+Every stage is a small synchronous object with ``push / poll / flush / reset``; what moves
+between stages is one of these dataclasses. Times are seconds on the stream clock: sample
+index / sample rate for audio, the source's capture time for video, so a replayed file and a
+live device produce the same timestamps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SAMPLE_RATE_HZ = 16_000  # every audio frame inside the pipeline is 16 kHz mono
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """A block of captured audio: ``samples`` (n,) int16 mono at ``sample_rate_hz``."""
+
+    samples: np.ndarray
+    start_s: float
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + len(self.samples) / self.sample_rate_hz
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One camera frame: ``image`` (H, W, 3) uint8 BGR as OpenCV delivers it."""
+
+    image: np.ndarray
+    time_s: float
+    index: int
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    """Speech start or end, as decided by the segmentation state machine."""
+
+    kind: str  # "start" | "end"
+    time_s: float
+
+
+@dataclass
+class Utterance:
+    """One segmented utterance: ``audio`` (n,) float32 in [-1, 1] at 16 kHz.
+
+    ``end_of_speech_wall_s`` is the wall-clock (time.perf_counter) moment the segmenter
+    decided the utterance ended: every latency of the prediction is measured from it.
+    """
+
+    id: int
+    start_s: float
+    end_s: float
+    audio: np.ndarray
+    speaker: str = "user"
+    text: str | None = None
+    end_of_speech_wall_s: float = 0.0
+    split: bool = False  # True when cut at the maximum utterance length (a monologue)
+    audio_start_s: float | None = None  # stream time of audio[0]: start_s minus the pre-roll
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    """The face path's result for one frame: ``box`` (x, y, w, h) and ``probs`` over the face
+    model's label set, or both ``None`` when no face was found."""
+
+    time_s: float
+    box: tuple[int, int, int, int] | None
+    probs: np.ndarray | None
+    feature: np.ndarray | None = None
