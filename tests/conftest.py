@@ -1,0 +1,113 @@
+"""Shared test fixtures: the shared data folder and tiny random-weight text encoders.
+
+The tiny encoders are real Hugging Face folders (config, safetensors weights, tokenizer) built
+offline from the MELD transcripts, so anything that loads a text encoder by folder
+(``Teacher.from_pretrained(TeacherDims(encoder=folder))``) can be tested without network or
+pretrained weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MELD_TRAIN = Path("data") / "MELD" / "train_sent_emo.csv"
+TINY_HIDDEN = 32                  # tiny encoders: width, layers, heads, feed-forward width
+TINY_LAYERS = 2
+TINY_HEADS = 2
+TINY_FFN = 64
+TINY_MAX_POSITIONS = 512          # >= TeacherDims.max_tokens (256)
+TINY_WORDPIECE_WORDS = 3000       # most frequent MELD words kept whole in the WordPiece vocab
+TINY_BPE_VOCAB = 800              # byte-level BPE vocabulary size of the tiny RoBERTa
+ROBERTA_POSITION_OFFSET = 2       # RoBERTa positions start at pad_token_id + 1
+SEED = 0
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def shared_root() -> Path:
+    """The shared folder: env MMER_SHARED, else ``<repo>/../shared``."""
+    return Path(os.environ.get("MMER_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def read_meld_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a MELD ``*_sent_emo.csv`` file as dicts (UTF-8, header names as keys)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared data folder; tests that need it skip when it is absent."""
+    root = shared_root()
+    if not root.is_dir():
+        pytest.skip(f"shared folder {root} not found (set MMER_SHARED)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def meld_train_rows(shared_dir: Path) -> list[dict[str, str]]:
+    """All rows of MELD's train_sent_emo.csv."""
+    path = shared_dir / MELD_TRAIN
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return read_meld_rows(path)
+
+
+def _tiny_dims() -> dict:
+    return dict(hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS, num_attention_heads=TINY_HEADS,
+                intermediate_size=TINY_FFN)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
+    """A tiny random BERT folder (config, weights, WordPiece tokenizer built from MELD words)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    counts: Counter[str] = Counter()
+    chars: set[str] = set()
+    for row in meld_train_rows:
+        text = row["Utterance"].lower()
+        counts.update(re.findall(r"\w+|[^\w\s]", text))
+        chars.update(c for c in text if not c.isspace())
+    words = [w for w, _ in counts.most_common(TINY_WORDPIECE_WORDS)]
+    # Single characters and their ## continuations guarantee every word can be spelled.
+    pieces = sorted(chars) + [f"##{c}" for c in sorted(chars)]
+    vocab = list(dict.fromkeys(BERT_SPECIALS + pieces + words))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
+    config = BertConfig(vocab_size=len(vocab), max_position_embeddings=TINY_MAX_POSITIONS, **_tiny_dims())
+    torch.manual_seed(SEED)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
+    """A tiny random RoBERTa folder with a byte-level BPE tokenizer trained on MELD utterances."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_roberta")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator((row["Utterance"] for row in meld_train_rows), vocab_size=TINY_BPE_VOCAB,
+                            min_frequency=2, special_tokens=ROBERTA_SPECIALS, show_progress=False)
+    bpe.save_model(str(folder))
+    tokenizer = RobertaTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    tokenizer.save_pretrained(str(folder))
+    config = RobertaConfig(vocab_size=bpe.get_vocab_size(), max_position_embeddings=TINY_MAX_POSITIONS
+                           + ROBERTA_POSITION_OFFSET, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                           type_vocab_size=1, **_tiny_dims())
+    torch.manual_seed(SEED)
+    RobertaModel(config).save_pretrained(str(folder))
+    return folder
