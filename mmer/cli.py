@@ -27,11 +27,15 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    return _not_built("mmer-train", "Train teacher, students and fusion (TelME) or the MOSI/MOSEI models.", 3, argv)
+    from mmer.training.cli import train_main as main
+
+    return main(argv)
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    return _not_built("mmer-eval", "Evaluate a checkpoint or an embedded default on a dataset split.", 3, argv)
+    from mmer.training.cli import eval_main as main
+
+    return main(argv)
 
 
 def export_main(argv: list[str] | None = None) -> int:

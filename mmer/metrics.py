@@ -1,0 +1,113 @@
+"""Classification metrics, the per-class report and the confusion-matrix picture.
+
+The report is the layout of scikit-learn's ``classification_report`` (the per-class tables of
+seed 000), built from the metrics dict so it can be re-printed from a saved ``metrics.json``.
+Averages run over every class of the label set, as ``classification_report(labels=...)`` does:
+a class with no support contributes 0 to macro F1 and nothing to weighted F1.
+
+    m = classification_metrics(y_true, y_pred, get_label_set("meld7").labels)
+    print(format_report(m))
+    save_confusion_png(m["confusion"], m["labels"], "run/confusion_matrix.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mmer.extras import require
+
+REPORT_DIGITS = 4  # seed 000's tables print four decimals
+LAST_LINE_HEADING = "weighted avg"  # the widest row name of the layout
+FIGURE_INCHES_PER_CLASS = 0.9
+FIGURE_MIN_INCHES = 4.0
+FIGURE_DPI = 120
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
+    """Metrics of integer predictions ``y_pred`` against ``y_true`` (indices into ``labels``).
+
+    Returns {"weighted_f1", "accuracy", "macro_f1", "weighted_precision", "weighted_recall",
+    "macro_precision", "macro_recall", "per_class": {label: {precision, recall, f1, support}},
+    "n", "labels", "confusion"}; ``confusion[i][j]`` counts true class i predicted as j.
+    """
+    require("sklearn")  # fails with the install command when the train extra is missing
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D of equal length")
+    if y_true.size == 0:
+        raise ValueError("no predictions to score")
+    ids = list(range(len(labels)))
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.min() < 0 or y.max() >= len(labels):
+            raise ValueError(f"{name} holds class ids outside 0..{len(labels) - 1} ({list(labels)})")
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    out: dict = {"n": int(y_true.size), "labels": list(labels), "accuracy": float((y_true == y_pred).mean())}
+    for avg in ("weighted", "macro"):
+        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        out[f"{avg}_f1"], out[f"{avg}_precision"], out[f"{avg}_recall"] = float(af), float(ap), float(ar)
+    out["per_class"] = {
+        lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, lab in enumerate(labels)
+    }
+    out["confusion"] = confusion_matrix(y_true, y_pred, labels=ids).tolist()
+    return out
+
+
+def format_report(metrics: dict, digits: int = REPORT_DIGITS) -> str:
+    """The per-class table of :func:`classification_metrics`' output, in sklearn's layout."""
+    per_class = metrics["per_class"]
+    names = list(per_class)
+    width = max(max(len(n) for n in names), len(LAST_LINE_HEADING), digits)
+    headers = ["precision", "recall", "f1-score", "support"]
+    report = ("{:>{width}s} " + " {:>9}" * len(headers)).format("", *headers, width=width) + "\n\n"
+    row_fmt = "{:>{width}s} " + " {:>9.{digits}f}" * 3 + " {:>9}\n"
+    for name in names:
+        c = per_class[name]
+        report += row_fmt.format(name, c["precision"], c["recall"], c["f1"], c["support"],
+                                 width=width, digits=digits)
+    report += "\n"
+    n = metrics["n"]
+    acc_fmt = "{:>{width}s} " + " {:>9.{digits}}" * 2 + " {:>9.{digits}f}" + " {:>9}\n"
+    report += acc_fmt.format("accuracy", "", "", metrics["accuracy"], n, width=width, digits=digits)
+    for avg in ("macro", "weighted"):
+        report += row_fmt.format(f"{avg} avg", metrics[f"{avg}_precision"], metrics[f"{avg}_recall"],
+                                 metrics[f"{avg}_f1"], n, width=width, digits=digits)
+    return report
+
+
+def save_confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
+                       title: str | None = None) -> Path:
+    """Draw the (C, C) count matrix, rows = true class, columns = predicted, as a PNG."""
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")  # no display on servers and CI; Agg writes files only
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion, dtype=np.int64)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    # Colour by row-normalised recall so rare classes are readable; the numbers stay raw counts.
+    shade = np.divide(counts, row_sums, out=np.zeros(counts.shape, dtype=float), where=row_sums > 0)
+    size = max(FIGURE_MIN_INCHES, FIGURE_INCHES_PER_CLASS * len(labels))
+    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=FIGURE_DPI)
+    im = ax.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                    color="white" if shade[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,134 @@
+"""The whole TelME chain on a tiny MELD-layout corpus, through the real command-line entry points:
+
+teacher (tiny random BERT) -> audio student (edge) and visual student (edge), distilled from
+it -> ASF fusion on their cached features -> mmer-eval. Every stage must write its run folder
+(config.yaml, metrics.json, report.txt, confusion_matrix.png, a checkpoint mmer.load reads)
+and its training loss must fall.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import mmer
+from mmer.training.cli import eval_main, train_main
+from tests.training.fixtures import make_tiny_meld
+
+TINY_HIDDEN, TINY_LAYERS, TINY_HEADS, TINY_FFN = 32, 2, 2, 64   # tiny BERT, as in tests/conftest.py
+TINY_MAX_POSITIONS = 128
+KD_DIM = 32                 # teacher feature width = students' feature width
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+RUN_FILES = ("config.yaml", "metrics.json", "report.txt", "confusion_matrix.png", "checkpoint/mmer.json",
+             "checkpoint/model.safetensors")
+COMMON = ["optim.progress=false", "optim.batch_size=4", "optim.eval_batch_size=8", "optim.warmup_ratio=0.0",
+          "optim.num_workers=0", "data.face_crop=false"]
+# Small edge students: a couple of narrow blocks and 32 px faces keep each epoch to seconds.
+AUDIO_SIZES = "{stem_channels: 8, block_channels: [8, 16], block_strides: [1, 2], attention_dim: 8, n_mels: 32}"
+VISUAL_SIZES = "{image_size: 32, num_frames: 4, edge_stem_channels: 4, edge_block_channels: [8, 8]}"
+
+
+def tiny_bert(folder: Path, texts: list[str]) -> Path:
+    """A random-weight BERT folder whose WordPiece vocabulary covers ``texts`` (offline, no weights)."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    chars = sorted({c for t in texts for c in t.lower() if not c.isspace()})
+    vocab = list(dict.fromkeys(BERT_SPECIALS + chars + [f"##{c}" for c in chars] + words))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
+                        num_attention_heads=TINY_HEADS, intermediate_size=TINY_FFN,
+                        max_position_embeddings=TINY_MAX_POSITIONS)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def check_run(run: Path, model_type: str) -> dict:
+    """Every artefact is there, the checkpoint loads, the training loss fell; returns metrics.json."""
+    for name in RUN_FILES:
+        assert (run / name).is_file(), f"{run / name} missing"
+    metrics = json.loads((run / "metrics.json").read_text())
+    losses = [e["train_loss"] for e in metrics["epochs"]]
+    assert losses[-1] < losses[0], f"{run.name}: training loss did not fall: {losses}"
+    assert metrics["test"]["n"] > 0 and 0.0 <= metrics["test"]["weighted_f1"] <= 1.0
+    assert "weighted avg" in (run / "report.txt").read_text()
+    model = mmer.load(run / "checkpoint")
+    assert model.registry_name == model_type
+    prov = model.checkpoint_meta["provenance"]
+    assert prov["best_epoch"] == metrics["best_epoch"] and prov["dataset"] == "meld"
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Run the four stages once; the tests below inspect what they left."""
+    tmp = tmp_path_factory.mktemp("chain")
+    tiny = make_tiny_meld(tmp / "meld", n_dialogues=3, utts_per_dialogue=3)
+    encoder = tiny_bert(tmp / "tiny_bert", list(tiny.texts.values()) + ["Now feels"])
+    # probe results shared between stages, clips decoded once per stage: ffmpeg calls dominate
+    data = [f"data.root={tiny.root}", f"cache_dir={tmp / 'cache'}", f"data.probe_cache_dir={tmp / 'probe'}",
+            "data.keep_decoded=true"]
+    runs = {name: tmp / name for name in ("teacher", "audio", "visual", "fusion")}
+    teacher_ckpt = runs["teacher"] / "checkpoint"
+    assert train_main(["teacher", "--config", "mmer_meld_teacher", "--out", str(runs["teacher"]),
+                       f"data.root={tiny.root}", f"model.encoder={encoder}", f"model.kd_dim={KD_DIM}",
+                       "model.max_tokens=64", "optim.epochs=3", "optim.lr=2e-3", *COMMON]) == 0
+    assert train_main(["student", "--config", "mmer_meld_student_audio", "--out", str(runs["audio"]), *data,
+                       f"teacher={teacher_ckpt}", f"model.overrides={AUDIO_SIZES}", "data.max_audio_s=4.0",
+                       "optim.epochs=3", "optim.lr=3e-3", *COMMON]) == 0
+    assert train_main(["student", "--config", "mmer_meld_student_visual", "--out", str(runs["visual"]), *data,
+                       f"teacher={teacher_ckpt}", f"model.overrides={VISUAL_SIZES}", "optim.epochs=3",
+                       "optim.lr=3e-3", *COMMON]) == 0
+    assert train_main(["fusion", "--config", "mmer_meld_fusion", "--out", str(runs["fusion"]), *data,
+                       f"teacher={teacher_ckpt}", f"audio_student={runs['audio'] / 'checkpoint'}",
+                       f"visual_student={runs['visual'] / 'checkpoint'}", "model.num_heads=2",
+                       "optim.epochs=3", "optim.lr=3e-3", *COMMON]) == 0
+    return tiny, runs, tmp
+
+
+def test_teacher_stage(chain):
+    tiny, runs, _ = chain
+    metrics = check_run(runs["teacher"], "teacher")
+    assert metrics["test"]["n"] == tiny.rows["test"]   # text-only: every test row is scored
+
+
+def test_student_stages_distil_from_the_cached_teacher(chain):
+    tiny, runs, tmp = chain
+    for name, model_type in (("audio", "audio_student"), ("visual", "visual_student")):
+        check_run(runs[name], model_type)
+        cfg = (runs[name] / "config.yaml").read_text()
+        assert "alpha: 1.0" in cfg and "beta: 1.0" in cfg
+    audio = json.loads((runs["audio"] / "metrics.json").read_text())
+    # train's corrupt clip is skipped (logged), never a crash; the test split keeps all rows
+    assert audio["test"]["n"] == tiny.rows["test"]
+    prov = mmer.load(runs["audio"] / "checkpoint").checkpoint_meta["provenance"]
+    assert prov["split_sizes"]["train"] == tiny.rows["train"] - len(tiny.corrupt)
+    assert prov["teacher"] == str((runs["teacher"] / "checkpoint").resolve())
+    assert any((tmp / "cache").rglob("shard-*.safetensors"))   # the teacher ran once, into the cache
+
+
+def test_fusion_stage_and_eval(chain, tmp_path):
+    tiny, runs, _ = chain
+    metrics = check_run(runs["fusion"], "asf")
+    out = tmp_path / "eval.json"
+    assert eval_main([str(runs["fusion"] / "checkpoint"), "--data", "meld", "--split", "test", "--data-root",
+                      str(tiny.root), "--json", str(out), "--batch-size", "4"]) == 0
+    scored = json.loads(out.read_text())
+    assert {"weighted_f1", "accuracy", "macro_f1", "per_class", "n"} <= set(scored)
+    assert scored["n"] == tiny.rows["test"]
+    # mmer-eval reloads the same frozen models: it must reproduce the trainer's test score
+    assert scored["weighted_f1"] == pytest.approx(metrics["test"]["weighted_f1"])
+
+
+def test_eval_refuses_what_it_cannot_feed(chain, tmp_path, capsys):
+    tiny, runs, _ = chain
+    code = eval_main([str(runs["visual"] / "checkpoint"), "--data", "emodb", "--data-root", str(tiny.root)])
+    assert code == 2
+    assert "EmoDB has only audio" in capsys.readouterr().err

@@ -1,0 +1,198 @@
+"""``mmer-train`` and ``mmer-eval``.
+
+    mmer-train teacher --config configs/mmer_meld_teacher.yaml data.root=/data/MELD [--out DIR] [--resume]
+    mmer-train student --config configs/meld_student_audio.yaml teacher=runs/teacher/checkpoint
+    mmer-train fusion  --config configs/meld_fusion.yaml teacher=... audio_student=... visual_student=...
+    mmer-eval runs/teacher/checkpoint --data meld --split test --data-root /data/MELD --json out.json
+
+Multi-GPU (data parallel, through torchrun; see mmer.training.trainer)::
+
+    torchrun --nproc_per_node=N -m mmer.training.cli teacher --config configs/meld_teacher.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from mmer.checkpoint import CheckpointError
+from mmer.config import ConfigError
+from mmer.extras import MissingExtra
+from mmer.training.datasets import DatasetError
+
+EXIT_USAGE = 2
+# Errors that mean "the user's settings or files are wrong": reported in one line, exit code 2.
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, MissingExtra, FileExistsError, FileNotFoundError)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mmer-train STAGE --config FILE [--out DIR] [--resume] [key=value ...]``."""
+    from mmer.training.recipes import RECIPES, load_recipe
+
+    parser = argparse.ArgumentParser(
+        prog="mmer-train", description="Train a stage of the TelME recipe: teacher, student (audio/visual, or the "
+        "EmoDB voice model with data.name=emodb and no teacher) or fusion (ASF). Config keys can be overridden "
+        "as key=value, e.g. optim.lr=2e-5 data.limit=50.")
+    parser.add_argument("stage", choices=sorted(RECIPES))
+    parser.add_argument("--config", help="YAML recipe, or the name of a shipped one (mmer_meld_teacher)")
+    parser.add_argument("--out", help="run folder (overrides the recipe's 'out')")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_intermixed_args(argv)
+    _setup_logging()
+    try:
+        recipe = load_recipe(args.stage, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"mmer-train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        recipe = replace(recipe, out=args.out)
+    from mmer.training.stages import STAGES
+
+    try:
+        result = STAGES[args.stage](recipe, resume=args.resume)
+    except USER_ERRORS as e:  # a bad setting or missing file: one line; a bug keeps its traceback
+        print(f"mmer-train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    test = result.get("test") if isinstance(result, dict) else None
+    if test:
+        print(f"mmer-train: test weighted F1 {test['weighted_f1']:.4f}  accuracy {test['accuracy']:.4f}  "
+              f"macro F1 {test['macro_f1']:.4f}  ->  {Path(recipe.out) / 'checkpoint'}")
+    return 0
+
+
+class EvalError(ValueError):
+    """A model that mmer-eval cannot feed with the asked data; the message says why."""
+
+
+def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root: str | None = None,
+                        fold: int | None = None, limit: int = 0, batch_size: int = 16,
+                        device: str = "auto") -> tuple[dict, str]:
+    """Score a checkpoint folder or embedded default on one split; returns (metrics, report text).
+
+    Teachers read the dialogue text, audio students the clips' audio, visual students their
+    frames (face-cropped for the edge family); an ASF checkpoint is fed by the teacher and
+    students named in its provenance. When the model's label set differs from the data's, its
+    probabilities go through the explicit map of mmer.labels (e.g. emodb7 -> meld7). A sample
+    whose clip is unusable gets the model's no-evidence answer (uniform probabilities) and is
+    counted in ``n_without_input``.
+    """
+    import numpy as np
+    import torch
+
+    import mmer
+    from mmer.checkpoint import read_meta, resolve
+    from mmer.labels import get_label_map, get_label_set
+    from mmer.metrics import classification_metrics, format_report
+    from mmer.training.recipes import DataConfig
+    from mmer.training.stages import MODALITY_OF, build_split, label_set_of, run_frozen
+    from mmer.training.trainer import resolve_device
+
+    folder = resolve(model)
+    meta = read_meta(folder)
+    kind, model_labels = meta["model"], meta["label_set"]
+    dev = resolve_device(device)
+    cfg = DataConfig(name=data, root=root, clips_root=clips_root, fold=fold, limit=limit,
+                     classes=4 if model_labels == "iemocap4" else 6)
+    parts: dict[str, str] = {}
+    if kind == "asf":
+        prov = meta.get("provenance", {})
+        parts = {m: prov.get(key) for m, key in (("text", "teacher"), ("audio", "audio_student"),
+                                                 ("visual", "visual_student")) if prov.get(key)}
+        if "text" not in parts:
+            raise EvalError(f"{folder}: this fusion checkpoint does not name its teacher in its provenance")
+    elif kind in MODALITY_OF:
+        parts = {MODALITY_OF[kind]: str(folder)}
+    else:
+        raise EvalError(f"mmer-eval has no input pipeline for a '{kind}' model; it scores teacher, audio_student, "
+                        f"visual_student and asf checkpoints")
+    if data == "emodb" and set(parts) != {"audio"}:
+        raise EvalError(f"EmoDB has only audio with labels; a '{kind}' model cannot be scored on it")
+    if "visual" in parts:
+        vdims = read_meta(parts["visual"])["dims"]
+        cfg = replace(cfg, frame_size_px=vdims["image_size"], n_frames=vdims["num_frames"],
+                      face_crop=vdims["family"] == "edge")
+    data_labels = label_set_of(cfg)
+    dataset = build_split(cfg, split, tuple(parts))
+    if not len(dataset):
+        raise EvalError(f"{data} {split}: no samples to score")
+    outputs = {m: run_frozen(mmer.load(path, device=str(dev)), dataset, dataset.samples, batch_size, dev)
+               for m, path in parts.items()}
+    if kind == "asf":
+        fusion = mmer.load(folder, device=str(dev))
+        zeros = np.zeros_like(outputs["text"]["feature"])
+        with torch.no_grad():
+            feats = {m: torch.from_numpy(outputs[m]["feature"] if m in outputs else zeros).to(dev)
+                     for m in ("text", "audio", "visual")}
+            present = {m: torch.from_numpy(outputs[m]["present"] > 0 if m in outputs else
+                                           np.zeros(len(dataset), bool)).to(dev) for m in ("audio", "visual")}
+            logits = torch.cat([fusion(text=feats["text"][i:i + batch_size], audio=feats["audio"][i:i + batch_size],
+                                       visual=feats["visual"][i:i + batch_size],
+                                       audio_present=present["audio"][i:i + batch_size],
+                                       visual_present=present["visual"][i:i + batch_size]).logits.float().cpu()
+                                for i in range(0, len(dataset), batch_size)]).numpy()
+        absent = 0
+    else:
+        (out,) = outputs.values()
+        logits, absent = out["logits"], int((out["present"] == 0).sum())
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    try:
+        label_map = get_label_map(model_labels, data_labels)
+    except KeyError as e:
+        raise EvalError(f"the model predicts '{model_labels}' and the data is labelled '{data_labels}': {e}") from None
+    pred = label_map.map_probs(probs).argmax(axis=-1)
+    true = np.array([s.label for s in dataset.samples])
+    metrics = classification_metrics(true, pred, get_label_set(data_labels).labels)
+    metrics.update({"model": str(model), "model_type": kind, "model_label_set": model_labels, "data": data,
+                    "split": split, "label_map": label_map.note, "n_without_input": absent,
+                    "skipped": len(dataset.skipped)})
+    title = f"{kind} {model} on {data} {split} (n={metrics['n']}, without input: {absent})"
+    return metrics, f"{title}\n{format_report(metrics)}"
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mmer-eval MODEL --data NAME --split SPLIT --data-root DIR [--json OUT]``."""
+    parser = argparse.ArgumentParser(
+        prog="mmer-eval", description="Score a checkpoint folder or an embedded default on a dataset split: "
+        "per-class report, weighted/macro F1, accuracy.")
+    parser.add_argument("model", help="checkpoint folder or embedded default name")
+    parser.add_argument("--data", required=True, choices=["meld", "iemocap", "emodb"])
+    parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    parser.add_argument("--data-root", required=True, help="corpus folder")
+    parser.add_argument("--clips-root", help="MELD clip folders when not under --data-root")
+    parser.add_argument("--fold", type=int, help="EmoDB leave-one-speaker-out fold (default: the fixed split)")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N samples")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="write the metrics here")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        metrics, report = evaluate_checkpoint(args.model, data=args.data, split=args.split, root=args.data_root,
+                                              clips_root=args.clips_root, fold=args.fold, limit=args.limit,
+                                              batch_size=args.batch_size, device=args.device)
+    except (EvalError, *USER_ERRORS) as e:
+        print(f"mmer-eval: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(report)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mmer.training.cli STAGE ...`` (what torchrun launches) is ``mmer-train``."""
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The configs of the training stages, as strict dataclasses (mmer.config maps YAML onto them).
+
+One recipe per stage: :class:`TeacherRecipe`, :class:`StudentRecipe`, :class:`FusionRecipe`.
+They share :class:`DataConfig` (which corpus, which split protocol) and the Trainer's own
+:class:`~mmer.training.trainer.TrainerConfig` (section ``optim``). TelME's published settings
+live in ``configs/meld_*.yaml`` / ``configs/iemocap_*.yaml``; mmer's improved defaults in
+``configs/mmer_*.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mmer.config import ConfigError, load_config
+from mmer.dialogue import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, DEFAULT_SPEAKER_TOKENS
+from mmer.training.trainer import TrainerConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"   # the repository's configs/ folder
+TELME_KD_DIM = 768
+
+
+@dataclass
+class DataConfig:
+    """Which corpus and split protocol; media settings for audio/visual stages.
+
+    name: meld | iemocap | emodb. root: the corpus folder (MELD: the CSVs; IEMOCAP: the folder
+    holding IEMOCAP_full_release; EmoDB: labels.csv + wav/). clips_root: MELD clip folders when
+    they are not under ``root``. limit: keep the first N samples of every split (0 = all), for
+    smoke runs. fold: EmoDB leave-one-speaker-out fold (None = the fixed split). classes:
+    IEMOCAP 6 or 4. keep_decoded: keep decoded clips in memory across epochs (student stage,
+    num_workers 0): for small corpora such as EmoDB (535 clips x <= 10 s, ~170 MB float32).
+    """
+
+    name: Literal["meld", "iemocap", "emodb"] = "meld"
+    root: str = "data/MELD"
+    clips_root: str | None = None
+    label_set: str = "meld7"
+    limit: int = 0
+    fold: int | None = None
+    classes: int = 6
+    max_audio_s: float = 20.0
+    n_frames: int = 8
+    frame_size_px: int = 224
+    face_crop: bool = False
+    probe_cache_dir: str | None = None
+    keep_decoded: bool = False
+
+
+@dataclass
+class TeacherModelConfig:
+    """Sizes of the text teacher (see mmer.models.teacher.TeacherDims)."""
+
+    encoder: str = "minilm"      # "minilm" (packaged), a local HF folder, or a hub name
+    kd_dim: int = TELME_KD_DIM
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    num_speaker_tokens: int = DEFAULT_SPEAKER_TOKENS
+    dropout: float = 0.1
+    prompt_template: str = DEFAULT_PROMPT
+
+
+@dataclass
+class LossConfig:
+    """Eq. (6): CE (class-weighted and/or label-smoothed) + alpha * DIST + beta * feature KD.
+
+    alpha / beta / tau / feature_t are read by the student stage only; alpha = beta = 0 trains
+    a student without a teacher (the EmoDB voice model).
+    """
+
+    class_weighting: Literal["none", "inverse", "inverse_sqrt"] = "none"
+    label_smoothing: float = 0.0
+    alpha: float = 1.0
+    beta: float = 1.0
+    tau: float = 4.0
+    feature_t: float = 1.0
+
+
+@dataclass
+class TeacherRecipe:
+    """`mmer-train teacher`: the text teacher with cross-entropy."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(alpha=0.0, beta=0.0))
+    optim: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-6, epochs=10, batch_size=4))
+    out: str = "runs/teacher"
+
+
+@dataclass
+class StudentModelConfig:
+    """Which student and its constructor settings.
+
+    modality: audio | visual. variant: the student's encoder preset (see the student models;
+    e.g. "edge" for the compact ones, "hf" for a Hugging Face encoder). encoder: local folder
+    or hub name for "hf" variants. kd_dim: 0 = the teacher's width (required when distilling).
+    overrides: extra Dims fields passed to the student's Dims as-is.
+    """
+
+    modality: Literal["audio", "visual"] = "audio"
+    variant: str = "edge"
+    encoder: str | None = None
+    kd_dim: int = 0
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class StudentRecipe:
+    """`mmer-train student`: an audio or visual student distilled from a frozen teacher (eq. 6).
+
+    teacher: the teacher checkpoint folder; may be None only when alpha = beta = 0 (then the
+    student trains on labels alone, e.g. on EmoDB).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: StudentModelConfig = field(default_factory=StudentModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5, epochs=10, batch_size=4))
+    teacher: str | None = None
+    cache_dir: str | None = None   # frozen-model output cache; default $MMER_CACHE_DIR or ~/.cache/mmer
+    out: str = "runs/student"
+
+
+@dataclass
+class FusionModelConfig:
+    """ASF sizes (mmer.models.asf.ASFDims); kd_dim comes from the teacher."""
+
+    num_heads: int = 3
+    theta: float = 0.1
+    dropout: float = 0.2
+    paper_faithful: bool = False
+
+
+@dataclass
+class FusionRecipe:
+    """`mmer-train fusion`: ASF on frozen teacher + students (their features cached)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: FusionModelConfig = field(default_factory=FusionModelConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(alpha=0.0, beta=0.0))
+    optim: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5, epochs=10, batch_size=4))
+    teacher: str = ""
+    audio_student: str | None = None
+    visual_student: str | None = None
+    cache_dir: str | None = None
+    out: str = "runs/fusion"
+
+
+RECIPES: dict[str, type] = {"teacher": TeacherRecipe, "student": StudentRecipe, "fusion": FusionRecipe}
+
+
+def find_config(name: str | Path) -> Path:
+    """A config path as given, or the name of a shipped one (``mmer_meld_teacher``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIGS_DIR / path.name, CONFIGS_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
+    raise ConfigError(f"{name}: config file not found; shipped configs: {shipped}")
+
+
+def load_recipe(stage: str, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()):
+    """Resolve the stage's recipe: defaults <- YAML <- ``key=value`` overrides."""
+    if stage not in RECIPES:
+        raise ConfigError(f"unknown stage '{stage}'; stages: {sorted(RECIPES)}")
+    return load_config(RECIPES[stage], find_config(path) if path is not None else None, overrides)
