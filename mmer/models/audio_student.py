@@ -1,1 +1,404 @@
-"""(being written)"""
+"""Audio student of TelME (seed 000, section 3.2.2, eq. (4): F_a = AudioEncoder(a_k); distilled in
+section 3.2.3 with eqs (6)-(15) by the trainer): one interface, two families.
+
+``family="hf"``: a data2vec-audio / wav2vec2 / HuBERT encoder (TelME uses data2vec-audio-base).
+The utterance feature F_a is the MASKED MEAN over valid frames, not the first frame the
+authors' code took (REFERENCE.md section 2, defect 3), projected to the KD width.
+
+``family="edge"``: a compact log-mel network for robots and kiosks (0.45 M parameters; a 5 s
+clip costs ~7 ms of one core in eager torch, ~4-5 ms in ONNX Runtime, measured on a shared
+2-vCPU AMD EPYC VM under load): log-mel -> per-utterance normalisation -> depthwise-separable
+1-D conv stack -> attentive statistics pooling over valid frames -> projection -> classifier.
+Operator count, not arithmetic, bounds its CPU latency, hence few, wide stages.
+
+Both return ``EmotionOutput`` with ``features["audio"]`` (B, kd_dim) for distillation and fusion.
+Padding never changes a prediction: every layer masks padded frames (tested).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmer.audio import SAMPLE_RATE_HZ, LogMel
+from mmer.labels import get_label_set
+from mmer.models.base import MmerModel
+from mmer.outputs import EmotionOutput
+from mmer.registry import MODELS
+
+ENCODER_DIR = "encoder"            # checkpoint subfolder with the hf encoder's config files
+HF_MAX_AUDIO_S = 30.0              # duration caps: data2vec attention cost grows with T^2
+EDGE_MAX_AUDIO_S = 10.0
+NORM_EPS = 1e-7                    # as Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
+VAR_FLOOR = 1e-5                   # keeps sqrt differentiable in statistics pooling
+TRANSITION_KERNEL = 3              # frames seen by a width- or stride-changing edge stage
+MAX_MASK_FRACTION = 0.2            # one SpecAugment stripe covers at most this share of an utterance
+# Encoders whose HF forward is exact under right padding + attention mask: a layer-norm conv
+# stack and ONE positional conv over zeroed padded frames. data2vec-audio stacks 5 positional
+# convs without re-masking between them (padding leaks into the last ~36 valid frames) and
+# group-norm conv stacks (wav2vec2-base, hubert-base) normalise over time, padding included:
+# those run one utterance at a time, trimmed to its valid length.
+PADDING_EXACT_MODEL_TYPES = ("wav2vec2", "hubert")
+
+
+@dataclass(frozen=True)
+class AudioStudentDims:
+    """Every size of the audio student; saved inside checkpoints.
+
+    Shared: ``family``, label set, KD width, input rate, duration cap (longer input keeps its
+    first ``max_audio_s`` seconds), dropout before the classifier. ``encoder`` (hf): local
+    folder or hub name. The rest sizes the edge network (10 ms hop -> 100 frames per second).
+    """
+
+    family: Literal["hf", "edge"] = "edge"
+    label_set: str = "meld7"
+    num_labels: int = 7
+    kd_dim: int = 768
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+    max_audio_s: float = EDGE_MAX_AUDIO_S
+    dropout: float = 0.2
+    encoder: str = ""
+    n_mels: int = 64
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    fmin_hz: float = 20.0
+    fmax_hz: float = 8000.0
+    stem_channels: int = 96
+    stem_kernel: int = 5
+    stem_stride: int = 2
+    block_channels: tuple[int, ...] = (96, 128, 128, 160, 160)
+    block_strides: tuple[int, ...] = (1, 2, 1, 2, 1)
+    kernel_size: int = 9
+    attention_dim: int = 64
+    spec_freq_masks: int = 2           # SpecAugment, training only: masks per utterance and max width
+    spec_freq_mask_bins: int = 8
+    spec_time_masks: int = 2
+    spec_time_mask_frames: int = 20
+
+    def __post_init__(self) -> None:
+        if self.family not in ("hf", "edge"):
+            raise ValueError(f"AudioStudentDims.family must be 'hf' or 'edge', got {self.family!r}")
+        n = len(get_label_set(self.label_set))
+        if n != self.num_labels:
+            raise ValueError(f"num_labels={self.num_labels} but label set '{self.label_set}' has {n} labels")
+        if len(self.block_channels) != len(self.block_strides):
+            raise ValueError("block_channels and block_strides must have the same length")
+        if self.kernel_size % 2 == 0 or self.stem_kernel % 2 == 0:
+            raise ValueError("edge kernels must be odd so 'same' padding is symmetric")
+        if self.fmax_hz > self.sample_rate_hz / 2:
+            raise ValueError(f"fmax_hz={self.fmax_hz} is above Nyquist ({self.sample_rate_hz / 2} Hz)")
+
+    @classmethod
+    def for_hf(cls, encoder: str, **changes: Any) -> AudioStudentDims:
+        """Dims for an hf encoder (folder or hub name) with the hf duration cap (30 s)."""
+        return replace(cls(family="hf", encoder=encoder, max_audio_s=HF_MAX_AUDIO_S, dropout=0.1), **changes)
+
+    @classmethod
+    def for_edge(cls, **changes: Any) -> AudioStudentDims:
+        """Dims for the edge network (10 s cap)."""
+        return replace(cls(family="edge"), **changes)
+
+
+# -- edge network -----------------------------------------------------------------------
+def _frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(B,) lengths -> (B, 1, F) float mask, 1 on valid frames."""
+    idx = torch.arange(num_frames, device=lengths.device)
+    return (idx[None, :] < lengths[:, None]).unsqueeze(1).float()
+
+
+def _strided(mask: torch.Tensor, stride: int) -> torch.Tensor:
+    """Frame mask after an odd-kernel 'same'-padded conv with ``stride``.
+
+    Output frame j is valid iff j * stride < L, i.e. j < ceil(L / stride): exactly every
+    stride-th input mask value, and there are ceil(F / stride) of them, the conv's output length.
+    """
+    return mask if stride == 1 else mask[..., ::stride]
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm over (B, C, F) whose training statistics count valid frames only.
+
+    In eval it is the plain per-channel affine map (folded into the conv by ONNX Runtime).
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, F), mask (B, 1, F) float."""
+        if not self.training or mask is None:
+            return super().forward(x)
+        x = x.float()  # statistics in float32 under autocast too
+        n = mask.sum().clamp(min=2.0)
+        mean = (x * mask).sum((0, 2)) / n
+        var = ((x - mean[:, None]).square() * mask).sum((0, 2)) / n
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+            self.num_batches_tracked += 1
+        x = (x - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)
+        return x * self.weight[:, None] + self.bias[:, None]
+
+
+class SeparableBlock(nn.Module):
+    """One stage of the edge stack, re-masked at its output so padding never leaks into the next.
+
+    Same width and stride 1: residual depthwise-separable block, depthwise conv (k) -> BN -> ReLU
+    -> pointwise conv -> BN, + identity, ReLU. A change of width or stride: a dense conv
+    (k=3, stride) -> BN -> ReLU, without residual; a strided 1x1 shortcut conv measured slower on
+    CPU than this whole transition.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.residual = stride == 1 and c_in == c_out
+        if self.residual:
+            self.depthwise = nn.Conv1d(c_in, c_in, kernel, padding=kernel // 2, groups=c_in, bias=False)
+            self.bn1 = MaskedBatchNorm1d(c_in)
+            self.pointwise = nn.Conv1d(c_in, c_out, 1, bias=False)
+        else:
+            self.transition = nn.Conv1d(c_in, c_out, TRANSITION_KERNEL, stride, padding=TRANSITION_KERNEL // 2,
+                                        bias=False)
+        self.bn2 = MaskedBatchNorm1d(c_out)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C_in, F) with padded frames zero, mask (B, 1, F) float -> (B, C_out, F'), mask (B, 1, F')."""
+        if not self.residual:
+            mask = _strided(mask, self.stride)
+            return F.relu(self.bn2(self.transition(x), mask)) * mask, mask
+        h = F.relu(self.bn1(self.depthwise(x), mask))
+        h = self.bn2(self.pointwise(h), mask)
+        # Zeroing padded frames makes them look like the conv's own zero padding to the next block.
+        return F.relu(h + x) * mask, mask
+
+
+class AttentiveStatsPool(nn.Module):
+    """Attention-weighted mean and standard deviation over valid frames: (B, C, F) -> (B, 2C)."""
+
+    def __init__(self, channels: int, attention_dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Conv1d(channels, attention_dim, 1), nn.Tanh(), nn.Conv1d(attention_dim, 1, 1))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """h (B, C, F), mask (B, 1, F) float with at least one valid frame per row."""
+        weights = torch.softmax(self.score(h).masked_fill(mask == 0, float("-inf")), dim=-1)
+        mean = (weights * h).sum(-1)
+        var = (weights * h.square()).sum(-1) - mean.square()
+        return torch.cat([mean, torch.sqrt(var.clamp(min=VAR_FLOOR))], dim=-1)
+
+
+class EdgeEncoder(nn.Module):
+    """Waveform (B, T) + sample mask -> pooled (B, 2 * block_channels[-1]) statistics."""
+
+    def __init__(self, dims: AudioStudentDims) -> None:
+        super().__init__()
+        self.dims = dims
+        self.logmel = LogMel(dims.sample_rate_hz, dims.n_mels, dims.win_ms, dims.hop_ms, dims.fmin_hz, dims.fmax_hz)
+        self.stem = nn.Conv1d(dims.n_mels, dims.stem_channels, dims.stem_kernel, dims.stem_stride,
+                              padding=dims.stem_kernel // 2, bias=False)
+        self.stem_bn = MaskedBatchNorm1d(dims.stem_channels)
+        chans = (dims.stem_channels,) + tuple(dims.block_channels)
+        self.blocks = nn.ModuleList(SeparableBlock(chans[i], chans[i + 1], dims.kernel_size, s)
+                                    for i, s in enumerate(dims.block_strides))
+        self.pool = AttentiveStatsPool(chans[-1], dims.attention_dim)
+        self.out_dim = 2 * chans[-1]
+
+    def normalise(self, logmel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per utterance: subtract each band's mean, divide by one std over valid frames (B, M, F)."""
+        n = mask.sum(-1, keepdim=True)
+        centred = (logmel - (logmel * mask).sum(-1, keepdim=True) / n) * mask
+        var = centred.square().sum((1, 2), keepdim=True) / (n * logmel.shape[1])
+        return centred * torch.rsqrt(var + NORM_EPS)
+
+    def spec_augment(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Zero random band and frame stripes of (B, M, F) (Park et al. 2019); training only."""
+        d = self.dims
+        keep = torch.ones_like(x, dtype=torch.bool)
+        for size, count, width, dim in ((x.shape[1], d.spec_freq_masks, d.spec_freq_mask_bins, 1),
+                                        (x.shape[2], d.spec_time_masks, d.spec_time_mask_frames, 2)):
+            span = torch.full_like(lengths, size) if dim == 1 else lengths
+            idx = torch.arange(size, device=x.device)
+            for _ in range(count):
+                w = torch.randint(0, width + 1, lengths.shape, device=x.device)
+                w = torch.minimum(w, (span * MAX_MASK_FRACTION).long())  # a short clip keeps most of itself
+                start = (torch.rand(lengths.shape, device=x.device) * (span - w).clamp(min=0)).long()
+                hit = (idx[None] >= start[:, None]) & (idx[None] < (start + w)[:, None])
+                keep &= ~hit.unsqueeze(3 - dim)
+        return x * keep
+
+    def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """waveform (B, T) float, attention_mask (B, T) 0/1 right-padded -> (B, out_dim)."""
+        # Pad by one window so even a clip shorter than a window yields one frame; the frame
+        # mask below counts only frames inside max(valid length, window).
+        waveform = F.pad(waveform * attention_mask, (0, self.logmel.win - 1))
+        lengths = self.logmel.num_frames(attention_mask.sum(-1).long())
+        x = self.logmel(waveform)
+        mask = _frame_mask(lengths, x.shape[-1])
+        x = self.normalise(x, mask)
+        if self.training:
+            x = self.spec_augment(x, lengths)
+        mask = _strided(mask, self.dims.stem_stride)
+        x = F.relu(self.stem_bn(self.stem(x), mask)) * mask
+        for block in self.blocks:
+            x, mask = block(x, mask)
+        return self.pool(x, mask)
+
+
+# -- hf encoder helpers -----------------------------------------------------------------
+def _local_only(name: str) -> bool:
+    return Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+
+
+def _require_encoder_name(dims: AudioStudentDims) -> None:
+    if not dims.encoder:
+        raise ValueError("an hf audio student needs dims.encoder (a local folder or hub name, e.g. "
+                         "facebook/data2vec-audio-base-960h) or an encoder_config")
+
+
+def _default_feature_extractor(sample_rate_hz: int) -> Any:
+    # data2vec-audio and wav2vec2 checkpoints normalise; used when a folder ships no preprocessor config.
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=sample_rate_hz, padding_value=0.0,
+                                    do_normalize=True, return_attention_mask=True)
+
+
+def zero_mean_unit_var(waveform: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Normalise each row of (B, T) over its valid samples (mask (B, T) float); padding stays 0."""
+    n = mask.sum(-1, keepdim=True).clamp(min=1.0)
+    mean = (waveform * mask).sum(-1, keepdim=True) / n
+    var = ((waveform - mean).square() * mask).sum(-1, keepdim=True) / n
+    return (waveform - mean) * torch.rsqrt(var + NORM_EPS) * mask
+
+
+def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, F, H) over frames where (B, F) ``frame_mask`` is 1 -> (B, H)."""
+    m = frame_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+@MODELS.register("audio_student")
+class AudioStudent(MmerModel):
+    """TelME audio student: encoder -> pooled (B, H) -> projection (B, kd_dim) -> classifier (B, C)."""
+
+    registry_name = "audio_student"
+    Dims = AudioStudentDims
+
+    def __init__(self, dims: AudioStudentDims, encoder_config: Any = None, encoder: nn.Module | None = None,
+                 feature_extractor: Any = None) -> None:
+        """Random weights for ``edge``; for ``hf`` pass a transformers ``encoder`` or ``encoder_config``
+        (else the config is read from ``dims.encoder``) and optionally its feature extractor."""
+        super().__init__(dims)
+        self.feature_extractor = None
+        self.normalize_waveform = False
+        if dims.family == "edge":
+            self.encoder = EdgeEncoder(dims)
+            pooled_dim = self.encoder.out_dim
+        else:
+            from transformers import AutoConfig, AutoModel
+
+            if encoder is None:
+                if encoder_config is None:
+                    _require_encoder_name(dims)
+                    encoder_config = AutoConfig.from_pretrained(dims.encoder, local_files_only=_local_only(dims.encoder))
+                encoder = AutoModel.from_config(encoder_config)
+            self.encoder = encoder
+            self.feature_extractor = feature_extractor or _default_feature_extractor(dims.sample_rate_hz)
+            self.normalize_waveform = bool(getattr(self.feature_extractor, "do_normalize", True))
+            fe_rate = getattr(self.feature_extractor, "sampling_rate", dims.sample_rate_hz)
+            if fe_rate != dims.sample_rate_hz:  # REFERENCE.md section 2, defect 2
+                raise ValueError(f"encoder '{dims.encoder}' expects {fe_rate} Hz audio but dims.sample_rate_hz "
+                                 f"is {dims.sample_rate_hz}")
+            cfg = encoder.config
+            self.padding_exact = (cfg.model_type in PADDING_EXACT_MODEL_TYPES
+                                  and getattr(cfg, "feat_extract_norm", "layer") == "layer")
+            field = 1  # samples one output frame sees, so shorter clips can be padded up to it
+            for k, s in zip(reversed(cfg.conv_kernel), reversed(cfg.conv_stride)):
+                field = (field - 1) * s + k
+            self.receptive_field = field
+            pooled_dim = cfg.hidden_size
+        self.projection = nn.Linear(pooled_dim, dims.kd_dim)
+        self.dropout = nn.Dropout(dims.dropout)
+        self.classifier = nn.Linear(dims.kd_dim, dims.num_labels)
+
+    # -- building and checkpoints -----------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, dims: AudioStudentDims) -> AudioStudent:
+        """hf: load the pretrained encoder from ``dims.encoder`` (folder, or hub name / cache);
+        edge: the architecture with random weights. Projection and classifier start random."""
+        if dims.family == "edge":
+            return cls(dims)
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        _require_encoder_name(dims)
+        local = _local_only(dims.encoder)
+        encoder = AutoModel.from_pretrained(dims.encoder, local_files_only=local)
+        try:
+            fe = AutoFeatureExtractor.from_pretrained(dims.encoder, local_files_only=local)
+        except (OSError, ValueError):
+            fe = None  # no preprocessor config: normalise, as data2vec-audio and wav2vec2 do
+        return cls(dims, encoder=encoder, feature_extractor=fe)
+
+    def save_assets(self, folder: Path) -> None:
+        """hf: write the encoder config and feature-extractor config under ``folder/encoder``."""
+        if self.dims.family == "hf":
+            target = Path(folder) / ENCODER_DIR
+            self.encoder.config.save_pretrained(str(target))
+            self.feature_extractor.save_pretrained(str(target))
+
+    @classmethod
+    def from_checkpoint(cls, dims: AudioStudentDims, folder: Path) -> AudioStudent:
+        """Rebuild the architecture offline from ``folder/encoder`` (hf) or from ``dims`` (edge)."""
+        if dims.family == "edge":
+            return cls(dims)
+        from transformers import AutoConfig, AutoFeatureExtractor
+
+        source = Path(folder) / ENCODER_DIR
+        config = AutoConfig.from_pretrained(str(source), local_files_only=True)
+        fe = AutoFeatureExtractor.from_pretrained(str(source), local_files_only=True)
+        return cls(dims, encoder_config=config, feature_extractor=fe)
+
+    def freeze_feature_encoder(self) -> None:
+        """hf: stop gradients into the conv feature encoder (usual when fine-tuning on small data)."""
+        if self.dims.family == "hf":
+            self.encoder.freeze_feature_encoder()
+
+    # -- forward ------------------------------------------------------------------------
+    def encode_hf(self, waveform: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) waveform, (B, T) right-padded 0/1 mask -> (B, hidden) mean over valid frames."""
+        mask = attention_mask.to(waveform.dtype)
+        if self.normalize_waveform:
+            waveform = zero_mean_unit_var(waveform, mask)
+        lengths = attention_mask.sum(-1).long().clamp(min=self.receptive_field)
+        waveform = F.pad(waveform, (0, max(0, self.receptive_field - waveform.shape[-1])))
+        if self.padding_exact or bool((lengths == waveform.shape[-1]).all()):
+            sample_mask = (torch.arange(waveform.shape[-1], device=waveform.device)[None] < lengths[:, None]).long()
+            hidden = self.encoder(waveform, attention_mask=sample_mask).last_hidden_state
+            frames = self.encoder._get_feat_extract_output_lengths(lengths)
+            frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frames[:, None]
+            return masked_mean(hidden, frame_mask)
+        return torch.cat([self.encoder(waveform[i:i + 1, :n]).last_hidden_state.mean(1)
+                          for i, n in enumerate(lengths.tolist())])
+
+    def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> EmotionOutput:
+        """waveform (B, T) float32 mono at ``dims.sample_rate_hz``; attention_mask (B, T) 0/1,
+        right-padded (None: all valid); labels (B,) class ids -> EmotionOutput with logits (B, C),
+        features {"audio": (B, kd_dim), "audio_pooled": (B, H)}, cross-entropy loss if labels."""
+        max_samples = int(self.dims.max_audio_s * self.dims.sample_rate_hz)
+        waveform = waveform[:, :max_samples].float()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(waveform)
+        attention_mask = attention_mask[:, :max_samples].to(waveform.dtype)
+        if self.dims.family == "edge":
+            pooled = self.encoder(waveform, attention_mask)
+        else:
+            pooled = self.encode_hf(waveform, attention_mask)
+        feature = self.projection(pooled)
+        logits = self.classifier(self.dropout(feature))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return EmotionOutput.from_logits(logits, features={"audio": feature, "audio_pooled": pooled}, loss=loss)
