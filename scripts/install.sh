@@ -18,4 +18,7 @@ PY=${PYTHON:-python3}
 # Users with an NVIDIA GPU install the CUDA torch of their choice instead, then the line below.
 $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q -e ".[live,train,export,dev]"
+# Silero VAD (optional, `segmenter.vad=silero`): only its ONNX file is used, through onnxruntime.
+# --no-deps because the package pins torchaudio < 2.10, which would replace the torch above.
+$PY -m pip install -q --no-deps "silero-vad==6.2.3"
 echo "mmer installed: $($PY -c 'import mmer; print(mmer.__version__)')"
