@@ -1,49 +1,74 @@
-"""Command-line entry points. Each one is a thin argparse front over a module of the package."""
+"""Command-line entry points: thin fronts that hand over to the module that does the work.
+
+Imports happen inside each function so that ``--help`` of one command never pays for the
+heavy imports of another.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-NOT_BUILT_EXIT = 2
-
-
-def _not_built(prog: str, summary: str, issue: int, argv: list[str] | None) -> int:
-    """Answer ``--help`` with what the command will do, and refuse to run until it is built."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=f"{summary}\n\nNot built yet: tracked in issue #{issue}. This command "
-        "refuses to run rather than pretend.", formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_known_args(argv)
-    print(f"{prog}: not built yet (issue #{issue}); nothing was run.", file=sys.stderr)
-    return NOT_BUILT_EXIT
-
 
 def live_main(argv: list[str] | None = None) -> int:
-    return _not_built("mmer-live", "Live emotion recognition from microphone and camera.", 4, argv)
+    """``mmer-live``: microphone + camera (or a replayed file) -> one prediction per utterance."""
+    from mmer.realtime.cli import live_main as main
+
+    return main(argv)
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    return _not_built("mmer-predict", "Run the live pipeline on recorded wav/mp4 files or a transcript CSV.", 4, argv)
+    """``mmer-predict``: the live pipeline over recorded wav/mp4 files or a MELD-style CSV."""
+    from mmer.realtime.cli import predict_main as main
+
+    return main(argv)
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    """``mmer-train``: the stages of the TelME recipe (teacher, student, fusion)."""
     from mmer.training.cli import train_main as main
 
     return main(argv)
 
 
 def eval_main(argv: list[str] | None = None) -> int:
+    """``mmer-eval``: score a checkpoint or an embedded default on a dataset split."""
     from mmer.training.cli import eval_main as main
 
     return main(argv)
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    return _not_built("mmer-export", "Export a model to ONNX / FP16 / INT8 / TensorRT / TensorRT-RTX.", 5, argv)
+    """``mmer-export``: ONNX / FP16 / INT8 / TensorRT / TensorRT-RTX, with parity checks."""
+    from mmer.export.cli import export_main as main
+
+    return main(argv)
+
+
+BENCH_TARGETS = {
+    "models": "latency of every model and backend (export/bench.py)",
+    "live": "the whole live pipeline replayed from a recording (realtime/bench.py)",
+}
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    return _not_built("mmer-bench", "Latency benchmarks of models and of the live pipeline.", 5, argv)
+    """``mmer-bench models|live ...``: benchmarks that print a table and write JSON."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in BENCH_TARGETS:
+        target, rest = argv[0], argv[1:]
+        if target == "models":
+            from mmer.export.bench import bench_models_main as main
+        else:
+            from mmer.realtime.bench import bench_live_main as main
+        return main(rest)
+    parser = argparse.ArgumentParser(
+        prog="mmer-bench", description="Latency benchmarks. Targets:\n" + "\n".join(
+            f"  {name:7s} {what}" for name, what in BENCH_TARGETS.items()) +
+        "\n\n`mmer-bench TARGET --help` lists each target's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=sorted(BENCH_TARGETS))
+    parser.parse_args(argv)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""``mmer-bench live``: replay a recording through the whole live pipeline and report latency.
+
+    mmer-bench live --input mmer/assets/sample/conversation.mp4 --json bench_live.json
+
+The recording is replayed as fast as possible, in lockstep (each utterance is emitted before
+the replay reads on), so every utterance's latency is what it would be live, where utterances
+are seconds apart, and never a queue behind the previous one. Each model is warmed up first.
+Two runs: without speech-to-text (the words come from the recording's transcript JSON next to
+it when there is one, as a host with its own ASR would supply them) and with it. For every stage
+of ``latency_ms`` it prints p50 / p95 over the utterances (``--repeats`` replays pool more of
+them), and the camera path's own throughput: frames per second of face detection + expression
+with nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmer.realtime.config import LiveConfig, load_live_config
+
+STAGES = ("capture_to_end_of_speech", "asr_wait", "asr", "text_wait", "face_wait", "face", "text", "voice",
+          "fusion", "end_of_speech_to_emit")
+DEFAULT_REPEATS = 3
+PERCENTILES = (50, 95)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """{"p50", "p95", "n"} of ``values`` in ms (numpy's linear interpolation)."""
+    if not values:
+        return {"n": 0}
+    out = {f"p{q}": round(float(np.percentile(values, q)), 3) for q in PERCENTILES}
+    out["n"] = len(values)
+    return out
+
+
+def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | None) -> tuple[dict, Any]:
+    from mmer.realtime.make_sample import feed_transcript
+    from mmer.realtime.pipeline import LivePipeline
+    from mmer.realtime.sources import FileSource
+
+    pipeline = LivePipeline(cfg, block_frames=True, lockstep=True)
+    if pipeline.asr.name == "none" and transcript is not None:
+        feed_transcript(pipeline, transcript)
+    predictions: list[dict] = []
+    pipeline.on_prediction(predictions.append)
+    try:
+        pipeline.warmup()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            source = FileSource(input_path, realtime=False, include_video=pipeline.face_path is not None).open()
+            try:
+                pipeline.run(source)
+            finally:
+                source.close()
+            pipeline.reset()
+        wall_s = time.perf_counter() - t0
+        stats = pipeline.stats_line()
+    finally:
+        pipeline.close()
+    stages = {s: percentiles([p["latency_ms"][s] for p in predictions if s in p["latency_ms"]]) for s in STAGES}
+    result = {"utterances": len(predictions), "replay_wall_s": round(wall_s, 3),
+              "modalities": sorted({m for p in predictions for m in p["modalities"]}),
+              "stages_ms": {k: v for k, v in stages.items() if v["n"]}, "stats": stats}
+    return result, pipeline
+
+
+def camera_path_fps(face_model: Any, input_path: Path, track: str = "follow", torch_threads: int = 1) -> dict:
+    """Face detection + expression over every frame of the file, nothing else running."""
+    from mmer.realtime.face_path import FacePath
+    from mmer.realtime.frames import VideoFrame
+    from mmer.realtime.sources import FileSource
+
+    path = FacePath(face_model, max_fps=1e9, block_when_behind=True, track=track, torch_threads=torch_threads)
+    source = FileSource(input_path, realtime=False).open()
+    frames = 0
+    try:
+        path.start()
+        path.push(VideoFrame(np.zeros((240, 320, 3), np.uint8), -1.0, -1))  # warm-up, in the worker thread
+        path.flush()
+        path.frame_ms.clear()
+        t0 = time.perf_counter()
+        while (item := source.read()) is not None:
+            if isinstance(item, VideoFrame):
+                path.push(item)
+                frames += 1
+        path.flush()
+        wall_s = time.perf_counter() - t0
+    finally:
+        source.close()
+        path.close()
+    times = list(path.frame_ms)
+    return {"frames": frames, "fps": round(frames / wall_s, 1) if wall_s > 0 and frames else 0.0,
+            "faces_found": path.stats["faces_found"], "frame_ms": percentiles(times)}
+
+
+def bench_live(input: str | Path, json_out: str | Path | None = None, config: LiveConfig | None = None,
+               repeats: int = DEFAULT_REPEATS, with_asr: bool = True) -> dict:
+    """Run the benchmark on ``input``; print the table, write ``json_out``, return the results."""
+    from mmer.extras import MissingExtra
+    from mmer.realtime.cli import describe
+
+    input_path = Path(input)
+    cfg = config or load_live_config()
+    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, show=False),
+                              sources=dataclasses.replace(cfg.sources, input=str(input_path), realtime=False))
+    transcript = input_path.with_suffix(".json")
+    transcript = transcript if transcript.is_file() else None
+    results: dict[str, Any] = {"input": str(input_path), "repeats": repeats, "runs": {},
+                               "machine": {"cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}}
+    backend = cfg.asr.backend
+    runs = [("without_asr", dataclasses.replace(cfg, asr=dataclasses.replace(cfg.asr, backend="none")))]
+    if with_asr and backend != "none":
+        runs.append(("with_asr", cfg))
+    pipeline = None
+    for name, run_cfg in runs:
+        try:
+            results["runs"][name], pipeline = _replay(run_cfg, input_path, repeats, transcript)
+        except (MissingExtra, FileNotFoundError) as e:
+            results["runs"][name] = {"skipped": str(e)}
+            continue
+        if name == "without_asr":
+            results["models"] = describe(pipeline, run_cfg)
+    if pipeline is not None and pipeline.face_path is not None:
+        results["camera_path"] = camera_path_fps(pipeline.face_path.face_model, input_path, cfg.face.track,
+                                                 cfg.face.torch_threads)
+    print(format_table(results))
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """One table: stage x (p50, p95) per run, then the camera path."""
+    runs = {k: v for k, v in results["runs"].items() if "stages_ms" in v}
+    lines = [f"mmer-bench live: {results['input']} x{results['repeats']} "
+             f"({results['machine']['cpus']} CPUs, load {results['machine']['load_avg_1min']})"]
+    head = f"{'stage (ms)':<26}" + "".join(f"{name + ' p50':>20}{'p95':>9}" for name in runs)
+    lines += [head, "-" * len(head)]
+    for stage in STAGES:
+        cells = [runs[r]["stages_ms"].get(stage) for r in runs]
+        if not any(cells):
+            continue
+        lines.append(f"{stage:<26}" + "".join(f"{c['p50']:>20.1f}{c['p95']:>9.1f}" if c else f"{'-':>20}{'-':>9}"
+                                              for c in cells))
+    for name, run in results["runs"].items():
+        if "skipped" in run:
+            lines.append(f"{name}: skipped ({run['skipped']})")
+        else:
+            lines.append(f"{name}: {run['utterances']} utterances, modalities {run['modalities']}")
+    cam = results.get("camera_path")
+    if cam:
+        fm = cam["frame_ms"]
+        lines.append(f"camera path alone: {cam['frames']} frames, {cam['fps']} fps "
+                     f"(per frame p50 {fm.get('p50', 0):.1f} ms, p95 {fm.get('p95', 0):.1f} ms; "
+                     f"face in {cam['faces_found']} frames)")
+    return "\n".join(lines)
+
+
+def bench_live_main(argv: list[str] | None = None) -> int:
+    """``mmer-bench live``; a leading "live" argument is accepted and skipped."""
+    from mmer.config import ConfigError
+    from mmer.realtime.cli import add_common_options, resolve_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["live"]:
+        argv = argv[1:]
+    p = argparse.ArgumentParser(prog="mmer-bench live", description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, metavar="FILE", help="wav/mp4 recording to replay")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="replays pooled (default %(default)s)")
+    p.add_argument("--no-asr-run", action="store_true", help="skip the run with speech-to-text")
+    add_common_options(p)  # its --json is the JSON report here
+    args = p.parse_args(argv)
+    json_out, args.json = args.json, None
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as e:
+        print(f"mmer-bench: {e}", file=sys.stderr)
+        return 2
+    if not Path(args.input).is_file():
+        print(f"mmer-bench: {args.input}: file not found", file=sys.stderr)
+        return 2
+    bench_live(args.input, json_out, cfg, args.repeats, with_asr=not args.no_asr_run)
+    return 0

@@ -1,0 +1,139 @@
+"""Settings of the live job, as frozen dataclasses (YAML: configs/live.yaml, installed as mmer/configs/live.yaml).
+
+Resolved like every mmer config: ``defaults <- --config FILE <- key=value overrides``
+(:func:`mmer.config.load_config`), unknown keys refused with the closest valid one. The
+defaults here equal the shipped ``live.yaml``, whose comments say why each value was chosen.
+
+    cfg = load_live_config("my_live.yaml", ["segmenter.end_silence_ms=400", "asr.backend=none"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mmer.config import load_config
+from mmer.realtime.vad import SegmenterConfig
+
+
+
+def default_config_file() -> Path:
+    """The shipped live.yaml (package ``mmer.configs``)."""
+    from importlib.resources import files
+
+    return Path(str(files("mmer.configs") / "live.yaml"))
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where audio and video come from.
+
+    camera: camera index, or None for no camera. mic: sounddevice input (index or name
+    substring), None for the system default. input: a wav/mp4 file to replay instead of the
+    devices; realtime: replay at the recording's pace (False: as fast as possible).
+    reconnect: on a lost device, try to reopen it ``reconnect_attempts`` times,
+    ``reconnect_wait_s`` apart, instead of exiting.
+    """
+
+    camera: int | None = 0
+    mic: str | None = None
+    input: str | None = None
+    realtime: bool = True
+    camera_width_px: int = 640
+    camera_height_px: int = 480
+    camera_fps: int = 30
+    audio_block_ms: int = 30
+    reconnect: bool = False
+    reconnect_attempts: int = 3
+    reconnect_wait_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """Speech-to-text. backend "none": the host supplies each utterance's text (``push_text``),
+    waiting at most ``text_wait_s`` per utterance before it is classified without words.
+    model_dir: the ASR model folder; None picks the backend's packaged default."""
+
+    backend: Literal["faster-whisper", "hf-whisper", "none"] = "faster-whisper"
+    model_dir: str | None = None
+    text_wait_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Checkpoint folders or embedded default names per modality; None turns a modality off.
+
+    fusion: None = late fusion built from the three models' label sets; otherwise a
+    ``late_fusion`` checkpoint, or an ``asf`` checkpoint for a full TelME stack (teacher +
+    students distilled to the same width). torch_threads: intra-op threads of the prediction
+    thread (0: torch's default).
+    """
+
+    text: str | None = "default-text"
+    voice: str | None = "default-voice"
+    face: str | None = "default-face"
+    fusion: str | None = None
+    device: str = "cpu"
+    torch_threads: int = 0
+
+
+@dataclass(frozen=True)
+class FacePathConfig:
+    """The camera path: frame-rate cap, history kept, which face to follow, and how long a
+    prediction waits for the path to finish the frames of its utterance."""
+
+    max_fps: float = 15.0
+    history_s: float = 30.0
+    track: Literal["largest", "follow"] = "follow"
+    wait_ms: float = 100.0
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """The rolling dialogue window the text model reads."""
+
+    max_turns: int = 20
+    max_tokens: int = 512
+    user_speaker: str = "user"
+    host_speaker: str = "robot"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """json: "-" for stdout, a file path, or None. ws_port: serve predictions on this port
+    (0 = any free port), None for no websocket. show: the OpenCV overlay window."""
+
+    json: str | None = "-"
+    ws_port: int | None = None
+    ws_host: str = "127.0.0.1"
+    show: bool = False
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Bounds of the pipeline's queues. Utterances are never dropped: when ``utterances`` are
+    waiting, the audio loop blocks (and the source counts its own overflows)."""
+
+    utterances: int = 8
+    host_texts: int = 64
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """Everything ``mmer-live`` needs; see configs/live.yaml for the reasons."""
+
+    sources: SourceConfig = field(default_factory=SourceConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    face: FacePathConfig = field(default_factory=FacePathConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    outputs: OutputConfig = field(default_factory=OutputConfig)
+    queues: QueueConfig = field(default_factory=QueueConfig)
+
+
+def load_live_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> LiveConfig:
+    """Defaults <- ``path`` (YAML) <- ``key=value`` overrides."""
+    return load_config(LiveConfig, path, list(overrides))

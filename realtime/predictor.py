@@ -1,0 +1,318 @@
+"""Per-utterance prediction: text (with dialogue context), voice and face, mapped and fused.
+
+For each finished utterance the :class:`Predictor` runs
+
+* the text teacher on the dialogue window + the utterance (TelME reads the conversation, not
+  the sentence alone: REFERENCE.md section 2), when the utterance has words;
+* the voice model on the utterance audio;
+* nothing for the face: the face path already pooled the frames of ``[start_s, end_s]``;
+
+then maps each modality's probabilities onto the output label set (meld7) with the explicit
+maps of :mod:`mmer.labels`, and fuses them: :class:`mmer.models.late_fusion.LateFusion` for
+separately trained models (the embedded defaults), or :class:`mmer.models.asf.ASF` over the
+teacher's and students' features for a full TelME stack. Any subset of modalities works; the
+result names the ones that were present. Every stage is timed with ``time.perf_counter``.
+
+Valence and arousal (for ROS4HRI ``hri_msgs/Expression``, both in [-1, 1]) are the expected
+circumplex coordinates under the fused class probabilities: ``v = sum_c p(c) v_c``,
+``a = sum_c p(c) a_c`` with the per-class points of :data:`CIRCUMPLEX_DEG`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mmer.dialogue import Turn
+from mmer.labels import get_label_map, get_label_set
+from mmer.realtime.face_path import FaceEvidence
+from mmer.realtime.frames import SAMPLE_RATE_HZ, Utterance
+
+OUTPUT_LABEL_SET = "meld7"
+MODALITIES = ("text", "audio", "visual")
+PROVENANCE_ITEMS = 3  # provenance entries shown per model at start-up (the checkpoint's mmer.json has all)
+PROVENANCE_CHARS = 60
+MIN_VOICE_S = 0.1  # shorter audio carries no prosody worth classifying (the edge net needs a few frames)
+
+# Angle of each class on Russell's circumplex (degrees, counter-clockwise from "pleasant"; 90 =
+# "aroused"), from the direct circular scaling of Russell (1980), "A circumplex model of
+# affect", J. Pers. Soc. Psychol. 39(6): happy 7.8, astonished 69.8, angry 99.0, afraid 116.9,
+# sad 207.5. Disgust is not among Russell's 28 words: we place it between annoyed (123.0) and
+# distressed (138.0). Points lie on the unit circle (a full-blown emotion); neutral is the origin.
+CIRCUMPLEX_DEG: dict[str, float | None] = {
+    "neutral": None, "joy": 7.8, "surprise": 69.8, "anger": 99.0, "fear": 116.9,
+    "disgust": 130.0, "sadness": 207.5,
+}
+# meld7 class -> the string constant of ROS4HRI hri_msgs/Expression (NEUTRAL="neutral", ...).
+ROS4HRI_EXPRESSION: dict[str, str] = {
+    "neutral": "neutral", "joy": "happy", "surprise": "surprised", "anger": "angry",
+    "fear": "scared", "disgust": "disgusted", "sadness": "sad",
+}
+
+
+def circumplex_point(label: str) -> tuple[float, float]:
+    """(valence, arousal) of one meld7 class, each in [-1, 1]."""
+    deg = CIRCUMPLEX_DEG[label]
+    if deg is None:
+        return 0.0, 0.0
+    return math.cos(math.radians(deg)), math.sin(math.radians(deg))
+
+
+def valence_arousal(probs: np.ndarray, labels: Sequence[str]) -> tuple[float, float]:
+    """Expected (valence, arousal) under ``probs`` (C,) over ``labels``; a convex mix of points
+    in the unit disc, so both stay in [-1, 1]."""
+    points = np.array([circumplex_point(lab) for lab in labels], dtype=np.float64)  # (C, 2)
+    v, a = np.asarray(probs, dtype=np.float64) @ points
+    return float(np.clip(v, -1, 1)), float(np.clip(a, -1, 1))
+
+
+@dataclass
+class Prediction:
+    """One utterance's result; :meth:`to_dict` is the JSON object every sink emits."""
+
+    utterance_id: int
+    start_s: float
+    end_s: float
+    speaker: str
+    text: str | None
+    label: str
+    probs: dict[str, float]
+    modality_probs: dict[str, dict[str, float]]
+    modalities: list[str]
+    valence: float
+    arousal: float
+    confidence: float
+    fusion: str
+    split: bool = False
+    face: dict | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON object of docs/live.md ("type": "prediction")."""
+        return {
+            "type": "prediction", "utterance_id": self.utterance_id,
+            "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3), "speaker": self.speaker,
+            "text": self.text, "split": self.split, "label_set": OUTPUT_LABEL_SET, "label": self.label,
+            "expression": ROS4HRI_EXPRESSION[self.label], "probs": self.probs, "modalities": self.modalities,
+            "modality_probs": self.modality_probs, "fusion": self.fusion,
+            "valence": round(self.valence, 4), "arousal": round(self.arousal, 4),
+            "confidence": round(self.confidence, 4), "face": self.face,
+            "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
+        }
+
+
+def _probs_dict(probs: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    return {lab: round(float(p), 5) for lab, p in zip(labels, probs)}
+
+
+def _ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def model_summary(model: Any, source: str | None) -> str:
+    """One line: registry name, label set, where it came from and its recorded provenance."""
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    prov = meta.get("provenance") or {}
+    items = [(k, str(v)) for k, v in prov.items() if isinstance(v, (str, int, float))][:PROVENANCE_ITEMS]
+    what = ", ".join(f"{k}={v if len(v) <= PROVENANCE_CHARS else v[:PROVENANCE_CHARS - 3] + '...'}"
+                     for k, v in items) or "none recorded"
+    return f"{getattr(model, 'registry_name', type(model).__name__)} '{source}' " \
+           f"(label set {getattr(model, 'label_set', '?')}; provenance: {what})"
+
+
+class Predictor:
+    """Runs and fuses the per-utterance models.
+
+    Args:
+        text_model: a :class:`mmer.models.teacher.Teacher`, or None.
+        voice_model: a :class:`mmer.models.audio_student.AudioStudent`, or None.
+        face_label_set: label set of the face path's probabilities (None: no face modality).
+        fusion: a ``LateFusion`` or ``ASF`` model, or None for a late fusion built from the
+            modalities' label sets with the default base weights.
+        face_feature_dim: width of the face path's ``"visual"`` feature (checked against ASF).
+    """
+
+    def __init__(self, text_model: Any = None, voice_model: Any = None, face_label_set: str | None = None,
+                 fusion: Any = None, face_feature_dim: int | None = None) -> None:
+        from mmer.models.late_fusion import LateFusion, LateFusionDims
+
+        self.text_model, self.voice_model, self.face_label_set = text_model, voice_model, face_label_set
+        self.labels = get_label_set(OUTPUT_LABEL_SET).labels
+        sources = {"text": getattr(text_model, "label_set", None), "audio": getattr(voice_model, "label_set", None),
+                   "visual": face_label_set}
+        self.source_label_sets = {m: s for m, s in sources.items() if s is not None}
+        if not self.source_label_sets:
+            raise ValueError("the predictor needs at least one of a text, voice or face model")
+        self.maps = {m: get_label_map(s, OUTPUT_LABEL_SET) for m, s in self.source_label_sets.items()}
+        self.sources: dict[str, str | None] = {}  # where each model came from (set by load_stack)
+        self.asf = None
+        if fusion is not None and getattr(fusion, "registry_name", "") == "asf":
+            self.asf = fusion
+            self._check_asf(face_feature_dim)
+            fusion = None
+        if fusion is None:
+            # An absent model's slot is never used; its label set only has to be a valid one.
+            sets = tuple(self.source_label_sets.get(m, OUTPUT_LABEL_SET) for m in MODALITIES)
+            fusion = LateFusion(LateFusionDims(modalities=MODALITIES, source_label_sets=sets))
+        elif getattr(fusion, "registry_name", "") != "late_fusion":
+            kind = getattr(fusion, "registry_name", type(fusion).__name__)
+            raise ValueError(f"fusion model must be 'late_fusion' or 'asf', got '{kind}'")
+        else:
+            self._check_late_fusion(fusion)
+        self.late_fusion = fusion.eval()
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_asf(self, face_feature_dim: int | None) -> None:
+        dim = self.asf.dims.kd_dim
+        if self.text_model is None:
+            raise ValueError("an ASF fusion is led by the text teacher: give a text model too")
+        widths = {"text": self.text_model.dims.kd_dim,
+                  "audio": getattr(getattr(self.voice_model, "dims", None), "kd_dim", dim),
+                  "visual": face_feature_dim if face_feature_dim is not None else dim}
+        wrong = {m: w for m, w in widths.items() if w != dim}
+        if wrong:
+            raise ValueError(f"ASF fuses {dim}-d features but these modalities give other widths: {wrong}; "
+                             f"teacher and students must be distilled to the ASF's kd_dim")
+        get_label_map(self.asf.label_set, OUTPUT_LABEL_SET)  # fails early when the map is missing
+
+    def _check_late_fusion(self, fusion: Any) -> None:
+        dims = fusion.dims
+        if dims.label_set != OUTPUT_LABEL_SET:
+            raise ValueError(f"late fusion outputs '{dims.label_set}', the live pipeline outputs '{OUTPUT_LABEL_SET}'")
+        declared = dict(zip(dims.modalities, dims.source_label_sets))
+        for m, s in self.source_label_sets.items():
+            if m not in declared:
+                raise ValueError(f"late fusion checkpoint has no '{m}' modality (it fuses {list(dims.modalities)})")
+            if declared[m] != s:
+                raise ValueError(f"late fusion expects '{m}' in label set '{declared[m]}', the model gives '{s}'")
+
+    # -- description --------------------------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities this predictor can use (each may still be absent for one utterance)."""
+        return [m for m in MODALITIES if m in self.source_label_sets]
+
+    @property
+    def fusion_name(self) -> str:
+        return "asf" if self.asf is not None else "late"
+
+    # -- prediction -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, utterance: Utterance, turns: Sequence[Turn] | None = None,
+                face: FaceEvidence | None = None) -> Prediction:
+        """Classify one utterance.
+
+        utterance: its ``audio`` (n,) float32 at 16 kHz, ``text`` (may be None or empty).
+        turns: the dialogue window ending with this utterance's turn (the teacher's input);
+            None or an empty last turn -> no text modality.
+        face: the pooled face window, or None (no face seen: no visual modality).
+        Stage times are added to ``utterance.timings_ms`` ("text", "voice", "fusion").
+        """
+        src_probs: dict[str, np.ndarray] = {}
+        feats: dict[str, torch.Tensor] = {}
+        timings = utterance.timings_ms
+        if self.text_model is not None and turns and turns[-1].text.strip():
+            t0 = time.perf_counter()
+            prompt = self.text_model.prompt
+            batch = prompt.collate([prompt.encode(list(turns), -1)])
+            device = self.text_model.device
+            out = self.text_model(input_ids=batch["input_ids"].to(device),
+                                  attention_mask=batch["attention_mask"].to(device))
+            src_probs["text"], feats["text"] = out.probs[0].float().cpu().numpy(), out.features["text"]
+            timings["text"] = _ms_since(t0)
+        voice_rate_hz = getattr(getattr(self.voice_model, "dims", None), "sample_rate_hz", SAMPLE_RATE_HZ)
+        min_samples = int(MIN_VOICE_S * voice_rate_hz)
+        if self.voice_model is not None and len(utterance.audio) >= min_samples:
+            t0 = time.perf_counter()
+            wav = torch.from_numpy(np.ascontiguousarray(utterance.audio, dtype=np.float32))[None]
+            out = self.voice_model(wav.to(self.voice_model.device))
+            src_probs["audio"], feats["audio"] = out.probs[0].float().cpu().numpy(), out.features["audio"]
+            timings["voice"] = _ms_since(t0)
+        if self.face_label_set is not None and face is not None:
+            src_probs["visual"] = face.probs
+            if face.feature is not None:
+                feats["visual"] = torch.from_numpy(face.feature)[None]
+
+        t0 = time.perf_counter()
+        mapped = {m: self.maps[m].map_probs(p) for m, p in src_probs.items()}
+        fused, fusion = self._fuse(mapped, feats)
+        timings["fusion"] = _ms_since(t0)
+
+        present = [m for m in MODALITIES if m in mapped]
+        best = int(np.argmax(fused))
+        valence, arousal = valence_arousal(fused, self.labels)
+        face_info = None if face is None else {"frames": face.frames, "faces": face.faces,
+                                               "box": None if face.box is None else list(face.box)}
+        return Prediction(
+            utterance_id=utterance.id, start_s=utterance.start_s, end_s=utterance.end_s, speaker=utterance.speaker,
+            text=utterance.text, label=self.labels[best], probs=_probs_dict(fused, self.labels),
+            modality_probs={m: _probs_dict(mapped[m], self.labels) for m in present}, modalities=present,
+            valence=valence, arousal=arousal, confidence=float(fused[best]) if present else 0.0,
+            fusion=fusion if present else "none", split=utterance.split, face=face_info)
+
+    def _fuse(self, mapped: dict[str, np.ndarray], feats: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
+        """(C,) fused probabilities over meld7 and the fusion used ("asf", "late", "single")."""
+        if self.asf is not None and "text" in feats:
+            dev = self.asf.device
+            out = self.asf(text=feats["text"].to(dev),
+                           audio=feats["audio"].to(dev) if "audio" in feats else None,
+                           visual=feats["visual"].to(dev) if "visual" in feats else None)
+            probs = out.probs[0].float().cpu().numpy()
+            return get_label_map(self.asf.label_set, OUTPUT_LABEL_SET).map_probs(probs), "asf"
+        if not mapped:
+            return np.full(len(self.labels), 1.0 / len(self.labels), dtype=np.float32), "none"
+        dev = self.late_fusion.device
+        probs = {m: torch.from_numpy(p)[None].to(dev) for m, p in mapped.items()}
+        covered = {m: torch.from_numpy(self.maps[m].covered()).to(dev) for m in mapped}
+        out = self.late_fusion(probs, covered=covered)
+        return out.probs[0].float().cpu().numpy(), "late" if len(mapped) > 1 else "single"
+
+
+# -- loading ------------------------------------------------------------------------------------
+EXPECTED_KIND = {"text": ("teacher",), "voice": ("audio_student",), "face": ("visual_student",),
+                 "fusion": ("late_fusion", "asf")}
+
+
+def load_model(role: str, spec: str | Path, device: str = "cpu") -> Any:
+    """Load the checkpoint folder or embedded default ``spec`` for ``role`` and check its kind."""
+    import mmer
+
+    model = mmer.load(spec, device=device)
+    kinds = EXPECTED_KIND[role]
+    if model.registry_name not in kinds:
+        raise ValueError(f"--{role}-model {spec}: a '{model.registry_name}' checkpoint, expected {' or '.join(kinds)}")
+    return model
+
+
+def load_face_model(spec: str | Path, device: str = "cpu") -> Any:
+    """The face path's model: a Haar detector + an edge visual student (mmer.face)."""
+    from mmer.face import FaceExpressionModel
+
+    return FaceExpressionModel(load_model("face", spec, device), device=device)
+
+
+def load_stack(models: Any, predictor: Predictor | None = None, face_model: Any = None) -> tuple[Predictor, Any]:
+    """Load what was not given from ``models`` (a :class:`mmer.realtime.config.ModelsConfig`).
+
+    Returns (predictor, face model or False when the face modality is off). The predictor's
+    ``sources`` names where each model came from (for the start-up report).
+    """
+    if face_model is None:
+        face_model = load_face_model(models.face, models.device) if models.face else False
+    if predictor is None:
+        student = getattr(face_model, "model", None) if face_model else None
+        predictor = Predictor(
+            text_model=load_model("text", models.text, models.device) if models.text else None,
+            voice_model=load_model("voice", models.voice, models.device) if models.voice else None,
+            face_label_set=getattr(student, "label_set", None) if face_model else None,
+            face_feature_dim=getattr(getattr(student, "dims", None), "kd_dim", None),
+            fusion=load_model("fusion", models.fusion, models.device) if models.fusion else None)
+        predictor.sources = {"text": models.text, "voice": models.voice,
+                             "face": models.face if face_model else None, "fusion": models.fusion}
+    return predictor, face_model
