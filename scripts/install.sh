@@ -17,7 +17,8 @@ PY=${PYTHON:-python3}
 # The CPU build first: an unpinned torch pulls a multi-GB CUDA build (REFERENCE.md section 7).
 # Users with an NVIDIA GPU install the CUDA torch of their choice instead, then the line below.
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[live,train,export,dev]"
+# trtrtx: TensorRT for RTX builds engines even on a machine without a GPU (the tests build one).
+$PY -m pip install -q -e ".[live,train,export,trtrtx,dev]"
 # Silero VAD (optional, `segmenter.vad=silero`): only its ONNX file is used, through onnxruntime.
 # --no-deps because the package pins torchaudio < 2.10, which would replace the torch above.
 $PY -m pip install -q --no-deps "silero-vad==6.2.3"

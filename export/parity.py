@@ -1,0 +1,126 @@
+"""Parity of an exported model against the torch model it came from, and the gates it must pass.
+
+Measured on real inputs (:mod:`mmer.export.samples`): each sample alone (batch 1) plus one
+padded batch of several when the graph is padding-exact. Reported per output (logits, probs,
+feature): ``max_abs`` = max |candidate - torch| and ``max_rel`` = max_abs / max |torch| (the
+error relative to the output's scale; element-wise ratios explode near zero). ``top1_agreement``
+is the share of rows whose argmax class is the same. For the teacher, the weighted F1 of both
+backends on a MELD dev subset and its change in points.
+
+Gates (config ``parity``): FP32 max_abs <= 1e-4 on every output; FP16 top-1 agreement >= 99.5%;
+INT8 weighted-F1 drop <= 1 point (teacher; elsewhere no labelled data exists, so the INT8 gate is
+reported as not applicable). A failed gate sets ``passed: false`` in parity.json, and
+``mmer-export`` exits with :data:`GATE_FAILED_EXIT`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmer.export.config import ParityConfig
+from mmer.labels import get_label_set
+from mmer.export.runtime import Runtime
+from mmer.export.samples import collate, teacher_samples
+
+PARITY_FILE = "parity.json"
+GATE_FAILED_EXIT = 3
+PADDED_BATCH = 4          # samples padded together into the one multi-row batch
+POINTS = 100.0            # F1 in points
+OUTPUTS = ("logits", "probs", "feature")
+F1_SEED_OFFSET = 2000     # MELD dev draw for the F1 check, apart from calibration's and the parity samples' draws
+
+
+def _batches(samples: list[dict[str, np.ndarray]], padding_exact: bool) -> list[dict[str, np.ndarray]]:
+    batches = list(samples)
+    if padding_exact and len(samples) >= 2:
+        batches.append(collate(samples[:PADDED_BATCH]))
+    return batches
+
+
+def compare(reference: Runtime, candidate: Runtime, batches: list[dict[str, np.ndarray]]) -> dict:
+    """Element-wise comparison of two runtimes on the same batches (see the module docstring)."""
+    err = {k: 0.0 for k in OUTPUTS}
+    scale = {k: 0.0 for k in OUTPUTS}
+    agree = rows = 0
+    for batch in batches:
+        ref, got = reference(**batch), candidate(**batch)
+        for k in OUTPUTS:
+            err[k] = max(err[k], float(np.abs(ref[k].astype(np.float64) - got[k]).max()))
+            scale[k] = max(scale[k], float(np.abs(ref[k]).max()))
+        agree += int((ref["logits"].argmax(-1) == got["logits"].argmax(-1)).sum())
+        rows += ref["logits"].shape[0]
+    outputs = {k: {"max_abs": err[k], "max_rel": err[k] / scale[k] if scale[k] else 0.0} for k in OUTPUTS}
+    return {"outputs": outputs, "top1_agreement": agree / rows, "rows": rows, "batches": len(batches)}
+
+
+def teacher_f1(model: Any, reference: Runtime, candidate: Runtime, n: int, data_root: Any, seed: int) -> dict:
+    """Weighted F1 of both runtimes on ``n`` MELD dev utterances (labels in the teacher's label set)."""
+    from mmer.metrics import classification_metrics
+
+    samples, labels = teacher_samples(model, n, seed, data_root)
+    keep = [i for i, y in enumerate(labels) if y >= 0]
+    if not keep:
+        return {"status": "skipped", "reason": f"no MELD emotion is in label set {model.label_set!r}"}
+    y = [labels[i] for i in keep]
+    label_names = list(get_label_set(model.label_set).labels)
+    pred = {}
+    for key, rt in (("torch", reference), ("candidate", candidate)):
+        pred[key] = [int(rt(**samples[i])["logits"].argmax(-1)[0]) for i in keep]
+    f1 = {k: classification_metrics(y, p, label_names)["weighted_f1"] for k, p in pred.items()}
+    return {"utterances": len(y), "weighted_f1_torch": f1["torch"], "weighted_f1_candidate": f1["candidate"],
+            "drop_points": (f1["torch"] - f1["candidate"]) * POINTS,
+            "top1_agreement": float(np.mean(np.equal(pred["torch"], pred["candidate"])))}
+
+
+def gates(precision: str, report: dict, cfg: ParityConfig) -> list[dict]:
+    """The gates that apply to ``precision`` with their values and verdicts."""
+    out = []
+    if precision == "fp32":
+        for k in OUTPUTS:
+            v = report["outputs"][k]["max_abs"]
+            out.append({"gate": f"fp32 {k} max_abs", "value": v, "threshold": cfg.fp32_max_abs, "passed": v <= cfg.fp32_max_abs})
+    elif precision == "fp16":
+        v = report["top1_agreement"]
+        out.append({"gate": "fp16 top1_agreement", "value": v, "threshold": cfg.fp16_min_top1, "passed": v >= cfg.fp16_min_top1})
+    elif precision == "int8":
+        f1 = report.get("f1") or {}
+        if "drop_points" in f1:
+            v = f1["drop_points"]
+            out.append({"gate": "int8 weighted_f1 drop (points)", "value": v, "threshold": cfg.int8_max_f1_drop_points,
+                        "passed": v <= cfg.int8_max_f1_drop_points})
+        else:
+            out.append({"gate": "int8 weighted_f1 drop (points)", "value": None, "threshold": cfg.int8_max_f1_drop_points,
+                        "passed": None, "note": "not applicable: needs labelled data (the teacher on MELD dev)"})
+    return out
+
+
+def measure_parity(model: Any, reference: Runtime, candidate: Runtime, samples: list[dict[str, np.ndarray]],
+                   precision: str, cfg: ParityConfig, padding_exact: bool = True, data_root: Any = None) -> dict:
+    """Full parity report of ``candidate`` against ``reference`` (the torch runtime of ``model``)."""
+    report = compare(reference, candidate, _batches(samples, padding_exact))
+    report.update(precision=precision, reference=reference.describe(), candidate=candidate.describe())
+    if getattr(model, "registry_name", "") == "teacher" and cfg.f1_utterances > 0:
+        # Another draw than calibration's (seed 0 by default), so the scored subset is not the calibration set.
+        report["f1"] = teacher_f1(model, reference, candidate, cfg.f1_utterances, data_root, cfg.seed + F1_SEED_OFFSET)
+    report["gates"] = gates(precision, report, cfg)
+    report["passed"] = all(g["passed"] is not False for g in report["gates"])
+    return report
+
+
+def not_run(precision: str, reason: str) -> dict:
+    """Parity record of an export whose runtime cannot run here (an engine without its GPU)."""
+    return {"precision": precision, "status": "not run", "reason": reason, "gates": [], "passed": None}
+
+
+def write_parity(folder: str | Path, report: dict) -> Path:
+    path = Path(folder) / PARITY_FILE
+    path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return path
+
+
+def failed_gates(report: dict) -> list[dict]:
+    return [g for g in report.get("gates", []) if g["passed"] is False]

@@ -1,0 +1,251 @@
+"""Real inputs for calibration, parity and benchmarks, per model of the zoo.
+
+* teacher: MELD dev utterances with their dialogue context, through the teacher's own
+  :class:`mmer.dialogue.DialoguePrompt` (the CSV is read from the data root; no clips needed);
+* audio students: speech synthesized by espeak-ng from MELD dev transcripts (harmonic "vowels"
+  with a pitch contour when espeak-ng is not installed), 16 kHz, lengths spread over 1-8 s;
+* visual students: generated face-like frames (an oval, eyes, a mouth whose curvature moves),
+  8 frames with a few missing, like the face path delivers;
+* ASF: teacher/student-like features (unit-scale Gaussian vectors), some modalities absent.
+
+Every function is deterministic for a given ``seed``. Samples are batches of one utterance
+(dict of numpy arrays named as the exported graph's inputs); :func:`collate` pads several into
+one batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmer.audio import SAMPLE_RATE_HZ, load_waveform
+from mmer.dialogue import Turn
+from mmer.labels import get_label_set
+
+MELD_DIR = "MELD"
+MELD_DEV = "dev_sent_emo.csv"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ESPEAK_TIMEOUT_S = 30.0
+ESPEAK_WPM = (120, 175)          # speaking-rate range, words per minute: longer and shorter clips
+AUDIO_MIN_S, AUDIO_MAX_S = 1.0, 8.0
+FALLBACK_F0_HZ = (90.0, 260.0)   # pitch range of the synthetic voice when espeak-ng is absent
+NOISE_STD = 0.01                 # background noise added to generated media, full scale 1.0
+FACE_GRAY, BACKGROUND_GRAY = 0.75, 0.35
+MISSING_FRAME_PROB = 0.15        # share of frames the face path found no face in
+
+
+class SampleDataError(FileNotFoundError):
+    """The data a sample set needs is not where it was looked for; the message says where to put it."""
+
+
+def default_data_root() -> Path:
+    """``$MMER_DATA_ROOT``, else ``$MMER_SHARED/data``, else ``<repo>/../shared/data``."""
+    if os.environ.get("MMER_DATA_ROOT"):
+        return Path(os.environ["MMER_DATA_ROOT"])
+    shared = Path(os.environ.get("MMER_SHARED", REPO_ROOT.parent / "shared"))
+    return shared / "data"
+
+
+def meld_dev_csv(data_root: str | Path | None = None) -> Path:
+    """Path of MELD's dev CSV under ``data_root`` (which may be the MELD folder itself)."""
+    root = Path(data_root) if data_root else default_data_root()
+    for candidate in (root / MELD_DIR / MELD_DEV, root / MELD_DEV):
+        if candidate.is_file():
+            return candidate
+    raise SampleDataError(f"MELD dev transcripts not found under {root} (looked for {MELD_DIR}/{MELD_DEV} and "
+                          f"{MELD_DEV}); pass --data-root to the folder holding MELD/ or set MMER_DATA_ROOT")
+
+
+def read_meld_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a MELD CSV, cleaned by the training loader when it is installed."""
+    try:
+        from mmer.training.meld import read_meld_csv
+    except ImportError:  # the training package is optional for exporting
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f)]
+    return read_meld_csv(path)
+
+
+def meld_dev_utterances(data_root: str | Path | None = None) -> list[tuple[list[Turn], str, float]]:
+    """Every MELD dev utterance as (dialogue turns up to and including it, emotion, duration s)."""
+    rows = read_meld_rows(meld_dev_csv(data_root))
+    dialogues: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        dialogues[row["Dialogue_ID"]].append(row)
+    out = []
+    for rows_of in dialogues.values():
+        rows_of.sort(key=lambda r: int(r["Utterance_ID"]))
+        turns = [Turn(r["Speaker"], r["Utterance"]) for r in rows_of]
+        for i, r in enumerate(rows_of):
+            out.append((turns[:i + 1], r["Emotion"], _duration_s(r)))
+    return out
+
+
+def _duration_s(row: dict) -> float:
+    try:
+        from mmer.training.meld import srt_time_s
+        return max(0.0, srt_time_s(row["EndTime"]) - srt_time_s(row["StartTime"]))
+    except (ImportError, KeyError, ValueError):
+        return 0.0
+
+
+def teacher_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | None = None
+                    ) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    """``n`` MELD dev utterances (random, without replacement) as teacher inputs (1, L) int64,
+    and their label ids in the model's label set (-1 where the label is not in it)."""
+    utterances = meld_dev_utterances(data_root)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(utterances))[:n] if n < len(utterances) else np.arange(len(utterances))
+    labels = get_label_set(model.label_set).labels
+    samples, ids = [], []
+    for i in order:
+        turns, emotion, _ = utterances[int(i)]
+        enc = model.prompt.encode(turns, len(turns) - 1)
+        input_ids = np.asarray([enc["input_ids"]], dtype=np.int64)
+        samples.append({"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
+        ids.append(labels.index(emotion) if emotion in labels else -1)
+    return samples, ids
+
+
+# -- audio ----------------------------------------------------------------------------------
+def _espeak(text: str, wpm: int) -> np.ndarray | None:
+    exe = shutil.which("espeak-ng")
+    if exe is None or not text.strip():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        proc = subprocess.run([exe, "-s", str(wpm), "-w", str(path), text], capture_output=True,
+                              timeout=ESPEAK_TIMEOUT_S, check=False)
+        if proc.returncode != 0 or not path.is_file():
+            return None
+        return load_waveform(path, SAMPLE_RATE_HZ)
+
+
+def _synthetic_voice(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Harmonic 'vowels' with a gliding pitch and syllable-rate amplitude, plus noise."""
+    t = np.arange(int(seconds * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    f0 = rng.uniform(*FALLBACK_F0_HZ) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE_HZ
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    syllables = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3.0, 5.0) * t))
+    return (0.2 * voice * syllables + rng.normal(0, NOISE_STD, t.size)).astype(np.float32)
+
+
+def audio_samples(n: int, seed: int = 0, data_root: str | Path | None = None, min_s: float = AUDIO_MIN_S,
+                  max_s: float = AUDIO_MAX_S, speech: bool = True) -> list[dict[str, np.ndarray]]:
+    """``n`` clips as audio-student inputs: waveform (1, T) float32, attention_mask (1, T) int64.
+
+    speech: espeak-ng reading MELD dev transcripts when both are available; else synthetic voice.
+    """
+    rng = np.random.default_rng(seed)
+    try:
+        texts = [turns[-1].text for turns, _, _ in meld_dev_utterances(data_root)] if speech else []
+    except SampleDataError:
+        texts = []
+    out = []
+    for i in range(n):
+        target_s = rng.uniform(min_s, max_s)
+        wave = None
+        if texts:
+            # Join consecutive transcripts until the speech is long enough for the drawn length.
+            start = int(rng.integers(len(texts)))
+            text = " ".join(texts[start:start + max(1, int(target_s * 1.2))])
+            wave = _espeak(text, int(rng.integers(*ESPEAK_WPM)))
+        if wave is None:
+            wave = _synthetic_voice(target_s, rng)
+        wave = wave[: int(target_s * SAMPLE_RATE_HZ)]
+        wave = (wave + rng.normal(0, NOISE_STD, wave.size)).astype(np.float32)
+        out.append({"waveform": wave[None], "attention_mask": np.ones((1, wave.size), dtype=np.int64)})
+    return out
+
+
+# -- frames ---------------------------------------------------------------------------------
+def _face(size: int, rng: np.random.Generator, smile: float, shift: tuple[float, float]) -> np.ndarray:
+    """One (size, size) gray face-like image in [0, 1]."""
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+    x, y = x - shift[0], y - shift[1]
+    img = np.full((size, size), BACKGROUND_GRAY) + 0.1 * y
+    img[(x / 0.32) ** 2 + (y / 0.42) ** 2 < 1] = FACE_GRAY
+    for ex in (-0.13, 0.13):
+        img[((x - ex) / 0.05) ** 2 + ((y + 0.1) / 0.03) ** 2 < 1] = 0.1
+    mouth_y = 0.18 + smile * 0.08 * (x / 0.15) ** 2
+    img[(np.abs(y - mouth_y) < 0.02) & (np.abs(x) < 0.15)] = 0.15
+    return np.clip(img + rng.normal(0, NOISE_STD * 3, img.shape), 0, 1)
+
+
+def visual_samples(n: int, seed: int = 0, num_frames: int = 8, channels: int = 1, image_size: int = 64
+                   ) -> list[dict[str, np.ndarray]]:
+    """``n`` utterances as visual-student inputs: frames (1, N, C, S, S) float32 in [0, 1],
+    frame_mask (1, N) bool (at least one frame valid)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        smile0, smile1 = rng.uniform(-1, 1, 2)
+        frames = np.stack([_face(image_size, rng, smile0 + (smile1 - smile0) * k / num_frames,
+                                 tuple(rng.normal(0, 0.02, 2))) for k in range(num_frames)])
+        frames = np.repeat(frames[:, None], channels, axis=1).astype(np.float32)
+        mask = rng.random(num_frames) > MISSING_FRAME_PROB
+        mask[rng.integers(num_frames)] = True
+        out.append({"frames": frames[None], "frame_mask": mask[None]})
+    return out
+
+
+def asf_samples(n: int, dim: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` fusion inputs: text/audio/visual (1, dim) float32, audio/visual_present (1,) bool."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        present = rng.random(2) > 0.2
+        out.append({"text": rng.normal(0, 1, (1, dim)).astype(np.float32),
+                    "audio": rng.normal(0, 1, (1, dim)).astype(np.float32),
+                    "visual": rng.normal(0, 1, (1, dim)).astype(np.float32),
+                    "audio_present": present[:1].copy(), "visual_present": present[1:].copy()})
+    return out
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack batch-1 samples into one batch, right-padding every axis with zeros (masks too)."""
+    out = {}
+    for name in samples[0]:
+        arrays = [s[name] for s in samples]
+        shape = [len(arrays)] + [max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim)]
+        batch = np.zeros(shape, dtype=arrays[0].dtype)
+        for i, a in enumerate(arrays):
+            batch[(i,) + tuple(slice(0, s) for s in a.shape[1:])] = a[0]
+        out[name] = batch
+    return out
+
+
+DATA_SOURCES = ("meld-dev", "generated")
+
+
+def model_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | None = None,
+                  audio_range_s: tuple[float, float] = (AUDIO_MIN_S, AUDIO_MAX_S), data: str = "meld-dev"
+                  ) -> list[dict[str, np.ndarray]]:
+    """``n`` batch-1 inputs for ``model`` (a zoo model), chosen as the module docstring says.
+
+    data: ``meld-dev`` or ``generated`` (synthetic media; not for the teacher, which reads text).
+    """
+    name = getattr(model, "registry_name", "")
+    if data not in DATA_SOURCES:
+        raise ValueError(f"calibration data {data!r} is not one of {list(DATA_SOURCES)}")
+    if name == "teacher":
+        if data != "meld-dev":
+            raise ValueError("the teacher reads dialogue text: calibrate it on 'meld-dev'")
+        return teacher_samples(model, n, seed, data_root)[0]
+    if name == "audio_student":
+        return audio_samples(n, seed, data_root, *audio_range_s, speech=data == "meld-dev")
+    if name == "visual_student":
+        d = model.dims
+        return visual_samples(n, seed, d.num_frames, 1 if d.family == "edge" else 3, d.image_size)
+    if name == "asf":
+        return asf_samples(n, model.dims.kd_dim, seed)
+    raise ValueError(f"no sample inputs for model {name!r}")
