@@ -122,7 +122,8 @@ def model_summary(model: Any, source: str | None) -> str:
     items = [(k, str(v)) for k, v in prov.items() if isinstance(v, (str, int, float))][:PROVENANCE_ITEMS]
     what = ", ".join(f"{k}={v if len(v) <= PROVENANCE_CHARS else v[:PROVENANCE_CHARS - 3] + '...'}"
                      for k, v in items) or "none recorded"
-    return f"{getattr(model, 'registry_name', type(model).__name__)} '{source}' " \
+    serving = f", served as {model.serving_precision}" if getattr(model, "serving_precision", None) else ""
+    return f"{getattr(model, 'registry_name', type(model).__name__)} '{source}'{serving} " \
            f"(label set {getattr(model, 'label_set', '?')}; provenance: {what})"
 
 
@@ -290,6 +291,17 @@ def load_model(role: str, spec: str | Path, device: str = "cpu") -> Any:
     return model
 
 
+def load_text_model(models: Any) -> Any:
+    """The text teacher; with ``models.text_int8`` on a CPU, its Linear layers run as dynamic INT8."""
+    model = load_model("text", models.text, models.device)
+    if models.text_int8 and str(models.device) == "cpu":
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantized.checkpoint_meta = getattr(model, "checkpoint_meta", {})
+        quantized.serving_precision = "dynamic int8"
+        return quantized
+    return model
+
+
 def load_face_model(spec: str | Path, device: str = "cpu") -> Any:
     """The face path's model: a Haar detector + an edge visual student (mmer.face)."""
     from mmer.face import FaceExpressionModel
@@ -308,7 +320,7 @@ def load_stack(models: Any, predictor: Predictor | None = None, face_model: Any 
     if predictor is None:
         student = getattr(face_model, "model", None) if face_model else None
         predictor = Predictor(
-            text_model=load_model("text", models.text, models.device) if models.text else None,
+            text_model=load_text_model(models) if models.text else None,
             voice_model=load_model("voice", models.voice, models.device) if models.voice else None,
             face_label_set=getattr(student, "label_set", None) if face_model else None,
             face_feature_dim=getattr(getattr(student, "dims", None), "kd_dim", None),
