@@ -111,3 +111,26 @@ def tiny_roberta_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
     torch.manual_seed(SEED)
     RobertaModel(config).save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def emodb_dir(shared_dir: Path) -> Path:
+    """The real EmoDB clips of ../shared/data/EmoDB (skips when they are absent)."""
+    root = shared_dir / "data" / "EmoDB"
+    if not (root / "labels.csv").is_file():
+        pytest.skip(f"{root} has no labels.csv")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models run fastest on one thread; on a shared 2-core machine a second one only spins.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

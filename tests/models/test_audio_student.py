@@ -37,13 +37,7 @@ TINY_KD = 48                 # small KD width keeps the tiny models tiny
 EMODB_CLIP = Path("data") / "EmoDB" / "wav" / "03a01Fa.wav"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tiny models run fastest on one thread; on a shared 2-core machine a second one only spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tone(seconds: float, sr: int = SR, hz: float = TONE_HZ, seed: int = 0) -> np.ndarray:

@@ -34,21 +34,7 @@ CHANCE_UA = 1 / 7                    # seven classes
 ANGER_CLIP = Path("wav") / "03a01Wa.wav"   # speaker 03 (a test speaker), sentence a01, anger
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The edge model runs fastest on one thread; on a shared 2-core machine a second one only spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def emodb_dir(shared_dir: Path) -> Path:
-    root = shared_dir / "data" / "EmoDB"
-    if not (root / "labels.csv").is_file():
-        pytest.skip(f"{root} has no labels.csv")
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_voice_loads_offline_with_its_provenance():

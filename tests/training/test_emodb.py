@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +12,6 @@ from mmer.training.emodb import SPEAKERS, EmoDbDataset, fold_speakers
 
 RATE_HZ = 16_000
 CLIP_S = 2.0   # every clip of this mirror is 2.000 s at 22.05 kHz (SOURCE_AND_LICENSE.md)
-
-
-@pytest.fixture(scope="module")
-def emodb_dir(shared_dir: Path) -> Path:
-    root = shared_dir / "data" / "EmoDB"
-    if not (root / "labels.csv").is_file():
-        pytest.skip(f"{root} has no labels.csv")
-    return root
 
 
 def _speakers(ds: EmoDbDataset) -> set[str]:
