@@ -33,8 +33,11 @@ TOKENIZER_DIR = "tokenizer"
 CARD_FORMAT = "mmer-export"
 CARD_VERSION = 1
 OUTPUTS = ("logits", "probs")
+SCORE_OUTPUTS = ("score",)    # sentiment regression models: one score in [-3, 3] per row
 BATCH = "batch"
-FEATURE_OF = {"teacher": "text", "audio_student": "audio", "visual_student": "visual", "asf": "fused"}
+MSA_MODELS = ("derl", "mmiln", "cenet", "cmath")
+FEATURE_OF = {"teacher": "text", "audio_student": "audio", "visual_student": "visual", "asf": "fused",
+              **{m: "fused" for m in MSA_MODELS}}
 
 
 class ExportError(RuntimeError):
@@ -57,10 +60,11 @@ class ModelSpec:
     model: str
     inputs: tuple[TensorSpec, ...]
     feature: str
+    heads: tuple[str, ...] = OUTPUTS     # ("logits", "probs"), or ("score",) for sentiment regression
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return OUTPUTS + (self.feature,)
+        return self.heads + (self.feature,)
 
     def input(self, name: str) -> TensorSpec:
         return next(s for s in self.inputs if s.name == name)
@@ -82,6 +86,16 @@ def model_spec(model: nn.Module) -> ModelSpec:
     elif name == "asf":
         ins = tuple(TensorSpec(m, "float32", (BATCH, d.kd_dim)) for m in ("text", "audio", "visual")) + \
               tuple(TensorSpec(f"{m}_present", "bool", (BATCH,)) for m in ("audio", "visual"))
+    elif name in MSA_MODELS:
+        text = TensorSpec("text", "int64", (BATCH, "text_steps")) if model.text_input == "ids" else \
+            TensorSpec("text", "float32", (BATCH, "text_steps", d.text_dim))
+        ins = (text, TensorSpec("text_mask", "bool", (BATCH, "text_steps")),
+               TensorSpec("audio", "float32", (BATCH, "audio_steps", d.audio_dim)),
+               TensorSpec("audio_lengths", "int64", (BATCH,)),
+               TensorSpec("vision", "float32", (BATCH, "vision_steps", d.vision_dim)),
+               TensorSpec("vision_lengths", "int64", (BATCH,)))
+        heads = SCORE_OUTPUTS if model.task == "regression" else OUTPUTS
+        return ModelSpec(name, ins, FEATURE_OF[name], heads)
     else:
         raise ExportError(f"no export spec for model {name!r} ({type(model).__name__}); exportable: {sorted(FEATURE_OF)}")
     return ModelSpec(name, ins, FEATURE_OF[name])
@@ -99,9 +113,14 @@ class GraphWrapper(nn.Module):
         self.model = model
         self.names = [s.name for s in spec.inputs]
         self.feature = spec.feature
+        self.heads = spec.heads
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(**dict(zip(self.names, inputs)))
+        if hasattr(out, "prediction"):   # a sentiment model (mmer.outputs.MsaOutput)
+            if self.heads == SCORE_OUTPUTS:
+                return out.prediction, out.features[self.feature]
+            return out.prediction, torch.softmax(out.prediction.float(), dim=-1), out.features[self.feature]
         return out.logits, out.probs, out.features[self.feature]
 
 

@@ -2,9 +2,10 @@
 
 Measured on real inputs (:mod:`mmer.export.samples`): each sample alone (batch 1) plus one
 padded batch of several when the graph is padding-exact. Reported per output (logits, probs,
-feature): ``max_abs`` = max |candidate - torch| and ``max_rel`` = max_abs / max |torch| (the
-error relative to the output's scale; element-wise ratios explode near zero). ``top1_agreement``
-is the share of rows whose argmax class is the same. For the teacher, the weighted F1 of both
+feature; score and feature for the sentiment regression models): ``max_abs`` = max |candidate -
+torch| and ``max_rel`` = max_abs / max |torch| (the error relative to the output's scale;
+element-wise ratios explode near zero). ``top1_agreement`` is the share of rows whose decision is
+the same: the argmax class, or a sentiment score's polarity. For the teacher, the weighted F1 of both
 backends on a MELD dev subset and its change in points.
 
 Gates (config ``parity``): FP32 max_abs <= 1e-4 on every output; FP16 top-1 agreement >= 99.5%;
@@ -30,7 +31,6 @@ PARITY_FILE = "parity.json"
 GATE_FAILED_EXIT = 3
 PADDED_BATCH = 4          # samples padded together into the one multi-row batch
 POINTS = 100.0            # F1 in points
-OUTPUTS = ("logits", "probs", "feature")
 F1_SEED_OFFSET = 2000     # MELD dev draw for the F1 check, apart from calibration's and the parity samples' draws
 
 
@@ -41,19 +41,29 @@ def _batches(samples: list[dict[str, np.ndarray]], padding_exact: bool) -> list[
     return batches
 
 
+def decisions(out: dict[str, np.ndarray]) -> np.ndarray:
+    """The decision each row stands for: the argmax class, or for a sentiment score its
+    polarity (score >= 0, the Acc-2 "has 0" split)."""
+    if "logits" in out:
+        return out["logits"].argmax(-1)
+    return out["score"].reshape(-1) >= 0
+
+
 def compare(reference: Runtime, candidate: Runtime, batches: list[dict[str, np.ndarray]]) -> dict:
-    """Element-wise comparison of two runtimes on the same batches (see the module docstring)."""
-    err = {k: 0.0 for k in OUTPUTS}
-    scale = {k: 0.0 for k in OUTPUTS}
+    """Element-wise comparison of two runtimes on the same batches (see the module docstring).
+
+    ``top1_agreement`` is the share of rows with the same decision (:func:`decisions`)."""
+    err: dict[str, float] = {}
+    scale: dict[str, float] = {}
     agree = rows = 0
     for batch in batches:
         ref, got = reference(**batch), candidate(**batch)
-        for k in OUTPUTS:
-            err[k] = max(err[k], float(np.abs(ref[k].astype(np.float64) - got[k]).max()))
-            scale[k] = max(scale[k], float(np.abs(ref[k]).max()))
-        agree += int((ref["logits"].argmax(-1) == got["logits"].argmax(-1)).sum())
-        rows += ref["logits"].shape[0]
-    outputs = {k: {"max_abs": err[k], "max_rel": err[k] / scale[k] if scale[k] else 0.0} for k in OUTPUTS}
+        for k in ref:
+            err[k] = max(err.get(k, 0.0), float(np.abs(ref[k].astype(np.float64) - got[k]).max()))
+            scale[k] = max(scale.get(k, 0.0), float(np.abs(ref[k]).max()))
+        agree += int((decisions(ref) == decisions(got)).sum())
+        rows += len(decisions(ref))
+    outputs = {k: {"max_abs": err[k], "max_rel": err[k] / scale[k] if scale[k] else 0.0} for k in err}
     return {"outputs": outputs, "top1_agreement": agree / rows, "rows": rows, "batches": len(batches)}
 
 
@@ -80,7 +90,7 @@ def gates(precision: str, report: dict, cfg: ParityConfig) -> list[dict]:
     """The gates that apply to ``precision`` with their values and verdicts."""
     out = []
     if precision == "fp32":
-        for k in OUTPUTS:
+        for k in report["outputs"]:
             v = report["outputs"][k]["max_abs"]
             out.append({"gate": f"fp32 {k} max_abs", "value": v, "threshold": cfg.fp32_max_abs, "passed": v <= cfg.fp32_max_abs})
     elif precision == "fp16":

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mmer.export.engines import ENGINE_CARD, ENGINE_FILE, RTX, RTX_RUNS_ON, TRT, _logger
-from mmer.export.onnx_export import CARD_FILE, MODEL_FILE, GraphWrapper, model_spec, read_card
+from mmer.export.onnx_export import CARD_FILE, MODEL_FILE, OUTPUTS, GraphWrapper, model_spec, read_card
 from mmer.extras import require
 
 RUNTIME_CACHE_FILE = "runtime.cache"   # TensorRT-RTX JIT kernels, kept beside the engine
@@ -36,15 +36,26 @@ class RuntimeUnavailable(RuntimeError):
 
 
 class Runtime:
-    """Base class: named numpy inputs -> {"logits", "probs", "feature"} numpy outputs."""
+    """Base class: named numpy inputs -> {"logits", "probs", "feature"} numpy outputs
+    ({"score", "feature"} for the sentiment regression models)."""
 
     name = ""
 
-    def __init__(self, inputs: list[dict], feature: str, card: dict | None = None) -> None:
+    def __init__(self, inputs: list[dict], feature: str, card: dict | None = None,
+                 heads: tuple[str, ...] | None = None) -> None:
         self.inputs = {s["name"]: s for s in inputs}
         self.input_names = tuple(self.inputs)
         self.feature = feature
         self.card = card or {}
+        # ("logits", "probs"), or ("score",) for sentiment regression models; from the card when exported
+        self.heads = tuple(heads or self.card.get("outputs", list(OUTPUTS) + [feature])[:-1])
+        self.outputs = [*self.heads, feature]
+
+    def _named(self, values: Any) -> dict[str, np.ndarray]:
+        """Graph outputs in order -> {head names..., "feature"} as float32 numpy."""
+        arrays = [np.asarray(v, dtype=np.float32) if isinstance(v, np.ndarray) else v.float().cpu().numpy()
+                  for v in values]
+        return dict(zip([*self.heads, "feature"], arrays))
 
     def _check(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in inputs]
@@ -80,7 +91,8 @@ class TorchRuntime(Runtime):
             import mmer
             model = mmer.load(model, device=device)
         spec = model_spec(model)
-        super().__init__([{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in spec.inputs], spec.feature)
+        super().__init__([{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in spec.inputs], spec.feature,
+                         heads=spec.heads)
         self.torch = torch
         self.device = torch.device(device)
         if cuda_graphs and self.device.type != "cuda":
@@ -121,8 +133,7 @@ class TorchRuntime(Runtime):
         args = [torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names]
         with torch.inference_mode():
             out = self._graph_call(args) if self.cuda_graphs else self.forward(*args)
-        logits, probs, feature = (t.float().cpu().numpy() for t in out)
-        return {"logits": logits, "probs": probs, "feature": feature}
+        return self._named(out)
 
     def describe(self) -> dict:
         torch = self.torch
@@ -164,13 +175,12 @@ class OnnxRuntime(Runtime):
                                             disabled_optimizers=disabled_optimizers or None)
         graph_inputs = [{"name": i.name, "dtype": _ort_dtype(i.type), "shape": list(i.shape)} for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        super().__init__(card.get("inputs", graph_inputs), card.get("feature", outputs[-1]), card)
-        self.outputs = ["logits", "probs", self.feature]
+        super().__init__(card.get("inputs", graph_inputs), card.get("feature", outputs[-1]), card,
+                         heads=tuple(card["outputs"][:-1]) if "outputs" in card else tuple(outputs[:-1]))
         self.ort = ort
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        logits, probs, feature = self.session.run(self.outputs, inputs)
-        return {"logits": logits, "probs": probs, "feature": feature}
+        return self._named(self.session.run(self.outputs, inputs))
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.session.get_providers()[0], "onnxruntime": self.ort.__version__,
@@ -234,7 +244,6 @@ class _TensorRTBase(Runtime):
         self.context = self._create_context()
         self.stream = self.torch.cuda.Stream()
         self.profiles = [{k: [tuple(s) for s in v] for k, v in p.items()} for p in self.record.get("profiles", [])]
-        self.outputs = ["logits", "probs", self.feature]
 
     def _cuda_torch(self) -> Any:
         try:
@@ -274,8 +283,7 @@ class _TensorRTBase(Runtime):
         if not ctx.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"{self.library} execution failed (see the TensorRT log)")
         self.stream.synchronize()
-        logits, probs, feature = (results[n].float().cpu().numpy() for n in self.outputs)
-        return {"logits": logits, "probs": probs, "feature": feature}
+        return self._named([results[n] for n in self.outputs])
 
     def describe(self) -> dict:
         torch = getattr(self, "torch", None)

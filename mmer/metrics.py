@@ -111,3 +111,75 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str]
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# -- multimodal sentiment analysis (CMU-MOSI / MOSEI), MMSA's definitions -----------------------
+SENTIMENT_CLASSES_7 = tuple(str(v) for v in range(-3, 4))   # Acc-7 bins: round(clip(y, -3, 3))
+MSA_METRICS = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "mae", "corr")
+
+
+def _rounded_accuracy(pred: np.ndarray, true: np.ndarray, bound: float) -> float:
+    # np.round rounds halves to even (0.5 -> 0, 1.5 -> 2), exactly as MMSA's __multiclass_acc does.
+    return float(np.mean(np.round(np.clip(pred, -bound, bound)) == np.round(np.clip(true, -bound, bound))))
+
+
+def msa_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict:
+    """Sentiment-regression metrics with MMSA's definitions (REFERENCE.md section 3).
+
+    - ``acc7`` / ``acc5``: clip truth and prediction to [-3, 3] / [-2, 2], round (halves to
+      even, as numpy does), compare.
+    - ``acc2_has0`` / ``f1_has0``: negative (< 0) vs non-negative (>= 0), zero labels included.
+    - ``acc2_non0`` / ``f1_non0``: samples with truth exactly 0 dropped, then negative (<= 0)
+      vs positive (> 0). F1 is the support-weighted F1 of the two classes (sklearn
+      ``average="weighted"``).
+    - ``mae``: mean absolute error; ``corr``: Pearson correlation.
+
+    A metric that is undefined on the given data is ``None`` instead of a number: the non-0
+    pair when every label is 0, ``corr`` when predictions or labels are constant (MMSA's code
+    would crash or return NaN there). The dict also carries ``n``, ``n_non0``, ``labels`` and
+    ``confusion`` (the 7-bin rounded confusion matrix, for the picture).
+    """
+    require("sklearn")
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    pred = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if true.shape != pred.shape:
+        raise ValueError(f"y_true has {true.size} values and y_pred {pred.size}")
+    if true.size == 0:
+        raise ValueError("no predictions to score")
+    if not np.isfinite(pred).all():
+        raise ValueError("predictions hold NaN or infinite values")
+    out: dict = {"n": int(true.size)}
+    has0_true, has0_pred = true >= 0, pred >= 0
+    out["acc2_has0"] = float(accuracy_score(has0_true, has0_pred))
+    out["f1_has0"] = float(f1_score(has0_true, has0_pred, average="weighted", zero_division=0))
+    non0 = true != 0
+    out["n_non0"] = int(non0.sum())
+    if non0.any():
+        t, p = true[non0] > 0, pred[non0] > 0
+        out["acc2_non0"] = float(accuracy_score(t, p))
+        out["f1_non0"] = float(f1_score(t, p, average="weighted", zero_division=0))
+    else:
+        out["acc2_non0"] = out["f1_non0"] = None
+    out["acc5"] = _rounded_accuracy(pred, true, 2.0)
+    out["acc7"] = _rounded_accuracy(pred, true, 3.0)
+    out["mae"] = float(np.mean(np.abs(pred - true)))
+    constant = np.ptp(pred) == 0 or np.ptp(true) == 0
+    out["corr"] = None if constant else float(np.corrcoef(pred, true)[0, 1])
+    bins = [int(v) for v in SENTIMENT_CLASSES_7]
+    out["labels"] = list(SENTIMENT_CLASSES_7)
+    out["confusion"] = confusion_matrix(np.round(np.clip(true, -3, 3)).astype(int),
+                                        np.round(np.clip(pred, -3, 3)).astype(int), labels=bins).tolist()
+    return out
+
+
+def format_msa_report(metrics: dict, digits: int = REPORT_DIGITS) -> str:
+    """One table of :func:`msa_metrics`' output, in the order MMSA's papers print them."""
+    names = {"acc2_has0": "Acc-2 (has 0)", "f1_has0": "F1 (has 0)", "acc2_non0": "Acc-2 (non 0)",
+             "f1_non0": "F1 (non 0)", "acc5": "Acc-5", "acc7": "Acc-7", "mae": "MAE", "corr": "Corr"}
+    width = max(len(v) for v in names.values())
+    lines = [f"{name:>{width}s}  {'n/a' if metrics.get(key) is None else format(metrics[key], f'.{digits}f')}"
+             for key, name in names.items()]
+    lines.append(f"{'n':>{width}s}  {metrics['n']} ({metrics.get('n_non0', '?')} non-zero)")
+    return "\n".join(lines) + "\n"

@@ -29,3 +29,21 @@ class EmotionOutput:
                     loss: torch.Tensor | None = None) -> "EmotionOutput":
         """Build an output from (B, C) ``logits``; ``probs`` is their softmax in float32."""
         return cls(logits=logits, probs=torch.softmax(logits.float(), dim=-1), features=features or {}, loss=loss)
+
+
+@dataclass
+class MsaOutput:
+    """What the sentiment models (DERL, MMILN, CENet, CMATH; mmer.models.msa) return.
+
+    prediction: (B, 1) sentiment score, or (B, C) class logits for a classification label set.
+    features:   named intermediate tensors ((B, D) or (B, L, D)): fused and per-modality
+                representations, for distillation and analysis.
+    aux:        auxiliary predictions, e.g. unimodal heads {"text": (B, 1), ...}.
+    losses:     model-internal regularisers computed in ``forward`` (scalars, already weighted
+                by the model's dims), added to the task loss by ``model.loss``.
+    """
+
+    prediction: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)

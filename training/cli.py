@@ -3,6 +3,7 @@
     mmer-train teacher --config configs/mmer_meld_teacher.yaml data.root=/data/MELD [--out DIR] [--resume]
     mmer-train student --config configs/meld_student_audio.yaml teacher=runs/teacher/checkpoint
     mmer-train fusion  --config configs/meld_fusion.yaml teacher=... audio_student=... visual_student=...
+    mmer-train msa --model derl|mmiln|cenet|cmath --data MOSI/unaligned_50.pkl [--config derl_mosi] [--seeds 1 2 3]
     mmer-eval runs/teacher/checkpoint --data meld --split test --data-root /data/MELD --json out.json
 
 Multi-GPU (data parallel, through torchrun; see mmer.training.trainer)::
@@ -39,17 +40,30 @@ def train_main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="mmer-train", description="Train a stage of the TelME recipe: teacher, student (audio/visual, or the "
-        "EmoDB voice model with data.name=emodb and no teacher) or fusion (ASF). Config keys can be overridden "
+        "EmoDB voice model with data.name=emodb and no teacher) or fusion (ASF); or, with 'msa', one of the "
+        "sentiment models (DERL, MMILN, CENet, CMATH) on an MMSA pickle. Config keys can be overridden "
         "as key=value, e.g. optim.lr=2e-5 data.limit=50.")
     parser.add_argument("stage", choices=sorted(RECIPES))
     parser.add_argument("--config", help="YAML recipe, or the name of a shipped one (mmer_meld_teacher)")
     parser.add_argument("--out", help="run folder (overrides the recipe's 'out')")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder")
+    msa = parser.add_argument_group("msa stage (DERL, MMILN, CENet, CMATH on an MMSA pickle)")
+    msa.add_argument("--model", choices=["derl", "mmiln", "cenet", "cmath"], help="same as model.name=")
+    msa.add_argument("--data", help="MMSA pickle (CMU-MOSI/MOSEI layout); same as data.path=")
+    msa.add_argument("--seeds", type=int, nargs="+", help="one run per seed in OUT/seed_<s>/, then mean +- std "
+                     "of the test metrics in OUT/summary.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_intermixed_args(argv)
     _setup_logging()
+    overrides = list(args.overrides)
+    if args.stage != "msa" and (args.model or args.data or args.seeds):
+        print("mmer-train: --model, --data and --seeds belong to the msa stage", file=sys.stderr)
+        return EXIT_USAGE
+    # Flags first, so explicit key=value overrides still win.
+    overrides = [f"model.name={args.model}"] * bool(args.model) + [f"data.path={args.data}"] * bool(args.data) \
+        + overrides
     try:
-        recipe = load_recipe(args.stage, args.config, args.overrides)
+        recipe = load_recipe(args.stage, args.config, overrides)
     except ConfigError as e:
         print(f"mmer-train: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -58,14 +72,24 @@ def train_main(argv: list[str] | None = None) -> int:
     from mmer.training.stages import STAGES
 
     try:
+        if args.seeds:
+            from mmer.training.sentiment import run_msa_seeds
+
+            run_msa_seeds(recipe, args.seeds, resume=args.resume)
+            print(f"mmer-train: summary -> {Path(recipe.out) / 'summary.json'}")
+            return 0
         result = STAGES[args.stage](recipe, resume=args.resume)
     except USER_ERRORS as e:  # a bad setting or missing file: one line; a bug keeps its traceback
         print(f"mmer-train: {e}", file=sys.stderr)
         return EXIT_USAGE
     test = result.get("test") if isinstance(result, dict) else None
-    if test:
+    if test and "weighted_f1" in test:
         print(f"mmer-train: test weighted F1 {test['weighted_f1']:.4f}  accuracy {test['accuracy']:.4f}  "
               f"macro F1 {test['macro_f1']:.4f}  ->  {Path(recipe.out) / 'checkpoint'}")
+    elif test:
+        from mmer.training.trainer import RegressionTask
+
+        print(f"mmer-train: test {RegressionTask().summary(test)}  ->  {Path(recipe.out) / 'checkpoint'}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The configs of the training stages, as strict dataclasses (mmer.config maps YAML onto them).
 
-One recipe per stage: :class:`TeacherRecipe`, :class:`StudentRecipe`, :class:`FusionRecipe`.
+One recipe per stage: :class:`TeacherRecipe`, :class:`StudentRecipe`, :class:`FusionRecipe`,
+and :class:`MsaRecipe` for the sentiment models (DERL, MMILN, CENet, CMATH).
 They share :class:`DataConfig` (which corpus, which split protocol) and the Trainer's own
 :class:`~mmer.training.trainer.TrainerConfig` (section ``optim``). TelME's published settings
 live in ``configs/meld_*.yaml`` / ``configs/iemocap_*.yaml``; mmer's improved defaults in
@@ -146,7 +147,51 @@ class FusionRecipe:
     out: str = "runs/fusion"
 
 
-RECIPES: dict[str, type] = {"teacher": TeacherRecipe, "student": StudentRecipe, "fusion": FusionRecipe}
+@dataclass
+class MsaDataConfig:
+    """An MMSA pickle (CMU-MOSI / MOSEI layout, training/mmsa.py).
+
+    task: "regression" reads ``regression_labels`` (scores in [-3, 3]); "classification" reads
+    ``classification_labels`` as ids of ``label_set`` (e.g. meld7 for MELD features in this layout).
+    limit: keep the first N samples of every split (0 = all), for smoke runs.
+    """
+
+    path: str = ""
+    task: Literal["regression", "classification"] = "regression"
+    label_set: str = "regression"
+    limit: int = 0
+
+
+@dataclass
+class MsaModelConfig:
+    """Which sentiment model (mmer.models: derl, mmiln, cenet, cmath) and its Dims.
+
+    text_encoder: "features" (the pickle's BERT features), "minilm" (the packaged MiniLM-L6,
+    fine-tuned on ``text_bert`` ids), a local folder or a hub name; None = the model's default.
+    overrides: further fields of the model's Dims (checked against them, e.g. {hidden_dim: 64}).
+    The input widths, label set and output width come from the data.
+    """
+
+    name: Literal["derl", "mmiln", "cenet", "cmath"] = "derl"
+    text_encoder: str | None = None
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class MsaRecipe:
+    """`mmer-train msa`: one of the sentiment models on an MMSA pickle; the Trainer selects on
+    the valid split (MAE for scores, weighted F1 for classes) and scores test once."""
+
+    data: MsaDataConfig = field(default_factory=MsaDataConfig)
+    model: MsaModelConfig = field(default_factory=MsaModelConfig)
+    optim: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-3, epochs=20, batch_size=32,
+                                                                         eval_batch_size=64, warmup_ratio=0.0,
+                                                                         bucket_by_length=False))
+    out: str = "runs/msa"
+
+
+RECIPES: dict[str, type] = {"teacher": TeacherRecipe, "student": StudentRecipe, "fusion": FusionRecipe,
+                            "msa": MsaRecipe}
 
 
 def find_config(name: str | Path) -> Path:

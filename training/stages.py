@@ -454,4 +454,11 @@ def run_fusion(recipe: FusionRecipe, resume: bool = False) -> dict:
     return trainer.fit(resume=resume)
 
 
-STAGES = {"teacher": run_teacher, "student": run_student, "fusion": run_fusion}
+def run_msa(recipe, resume: bool = False) -> dict:
+    """The sentiment models' stage (training/sentiment.py), imported on use."""
+    from mmer.training.sentiment import run_msa as run
+
+    return run(recipe, resume=resume)
+
+
+STAGES = {"teacher": run_teacher, "student": run_student, "fusion": run_fusion, "msa": run_msa}

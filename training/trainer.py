@@ -4,8 +4,8 @@ step function and data.
 What a run does: AdamW; linear warm-up/decay counted in optimizer steps (training/schedule.py);
 gradient clipping and accumulation; autocast (bf16, else fp16 + GradScaler) on CUDA, float32 on
 CPU; fixed seeds (re-seeded per epoch, so a resumed run continues the same random stream);
-model selection on the dev split's weighted F1 only. The test split is scored once, at the
-end, with the selected checkpoint. After every epoch ``last_state.pt`` (weights, optimizer,
+model selection on the dev split only (weighted F1 for classes, MAE for sentiment scores). The
+test split is scored once, at the end, with the selected checkpoint. After every epoch ``last_state.pt`` (weights, optimizer,
 scheduler, epoch, history) lets ``fit(resume=True)`` continue an interrupted run;
 ``save_every_steps`` adds mid-epoch saves for runs whose epochs take hours (a resumed
 mid-epoch run skips the batches already trained; its dropout stream then differs).
@@ -45,14 +45,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mmer.checkpoint import WEIGHTS, save_checkpoint
-from mmer.config import save_config, to_dict
-from mmer.metrics import classification_metrics, format_report, save_confusion_png
+from mmer.config import ConfigError, save_config, to_dict
+from mmer.metrics import (classification_metrics, format_msa_report, format_report, msa_metrics,
+                          save_confusion_png)
 from mmer.training.schedule import make_scheduler, total_optimizer_steps, warmup_steps_for
 
 BUCKET_SIZE_BATCHES = 50   # length bucketing sorts within pools of this many batches
 LAST_STATE = "last_state.pt"
 CHECKPOINT_DIR = "checkpoint"
-SELECTION_METRIC = "weighted_f1"
+SELECTION_METRIC = "weighted_f1"   # classification runs select on dev weighted F1 (TelME's practice)
 
 
 @dataclass
@@ -74,6 +75,9 @@ class TrainerConfig:
     bucket_by_length: bool = True         # batches of similar length: less padding, less compute
     save_every_steps: int = 0             # also save last_state.pt every N optimizer steps (0: epoch ends only)
     progress: bool = True
+    # Learning rates per parameter-name prefix, e.g. {"text.encoder": 1e-5}: a fine-tuned language
+    # model usually wants a smaller rate than the layers trained from scratch (DERL, MMILN, CENet).
+    lr_by_prefix: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +94,50 @@ class StepOutput:
 
 
 StepFn = Callable[[nn.Module, dict], StepOutput]
+
+
+class ClassificationTask:
+    """Scores class logits: per-class report, weighted/macro F1, confusion matrix; selects on
+    dev weighted F1 (higher is better)."""
+
+    name = "classification"
+    selection_metric = SELECTION_METRIC
+    higher_is_better = True
+
+    def score(self, outputs: np.ndarray, targets: np.ndarray, labels: Sequence[str]) -> dict:
+        """outputs: (N, C) logits; targets: (N,) class ids."""
+        return classification_metrics(targets.astype(np.int64), outputs.argmax(axis=-1), labels)
+
+    def report(self, metrics: dict) -> str:
+        return format_report(metrics)
+
+    def summary(self, metrics: dict) -> str:
+        return (f"weighted F1 {metrics['weighted_f1']:.4f}  acc {metrics['accuracy']:.4f}  "
+                f"macro F1 {metrics['macro_f1']:.4f}")
+
+
+class RegressionTask:
+    """Scores one sentiment score per sample with MMSA's metrics (mmer.metrics.msa_metrics);
+    selects on dev MAE (lower is better; MMSA selects on the validation L1 loss, the same number).
+    The picture is the confusion matrix of the rounded scores (the Acc-7 bins)."""
+
+    name = "regression"
+    selection_metric = "mae"
+    higher_is_better = False
+
+    def score(self, outputs: np.ndarray, targets: np.ndarray, labels: Sequence[str] = ()) -> dict:
+        """outputs: (N, 1) or (N,) scores; targets: (N,) scores."""
+        return msa_metrics(targets, outputs.reshape(-1))
+
+    def report(self, metrics: dict) -> str:
+        return format_msa_report(metrics)
+
+    def summary(self, metrics: dict) -> str:
+        corr = "n/a" if metrics["corr"] is None else f"{metrics['corr']:.4f}"
+        return f"MAE {metrics['mae']:.4f}  corr {corr}  Acc-2 {metrics['acc2_has0']:.4f}  Acc-7 {metrics['acc7']:.4f}"
+
+
+TASKS = {"classification": ClassificationTask(), "regression": RegressionTask()}
 
 
 @dataclass
@@ -182,7 +230,9 @@ def eval_loader(dataset: Dataset, collate: Callable, batch_size: int, lengths: S
 def predict(model: nn.Module, step_fn: StepFn, loader: DataLoader, device: torch.device,
             amp_dtype: torch.dtype | None = None, progress: bool = False,
             desc: str = "eval") -> tuple[np.ndarray, np.ndarray, float]:
-    """Run ``step_fn`` in eval mode over ``loader``: (predicted ids, true ids, mean loss)."""
+    """Run ``step_fn`` in eval mode over ``loader``: (outputs (N, K) float32, targets (N,), mean loss).
+
+    Outputs are the step's ``logits`` as they are: class scores, or sentiment scores (N, 1)."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -192,7 +242,7 @@ def predict(model: nn.Module, step_fn: StepFn, loader: DataLoader, device: torch
         batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = step_fn(model, batch)
-        preds.append(out.logits.argmax(dim=-1).cpu())
+        preds.append(out.logits.detach().float().cpu())
         trues.append(out.labels.cpu())
         loss_sum += float(out.loss) * len(out.labels)
         n += len(out.labels)
@@ -227,11 +277,16 @@ class Trainer:
     labels: class names in logit order (for reports).
     run_config: the resolved config dataclass, saved as config.yaml and into the provenance.
     provenance: extra facts for the checkpoint (dataset, stage, teacher checkpoint ...).
+    task: "classification" (default) or "regression": how outputs are scored and which dev
+        metric selects the checkpoint (see :class:`ClassificationTask`, :class:`RegressionTask`).
     """
 
     def __init__(self, model: nn.Module, step_fn: StepFn, splits: Splits, cfg: TrainerConfig, run_dir: str | Path,
                  labels: Sequence[str], run_config: Any = None, provenance: dict | None = None,
-                 checkpoint_dtype: torch.dtype | None = None) -> None:
+                 checkpoint_dtype: torch.dtype | None = None, task: str = "classification") -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+        self.task = TASKS[task]
         self.model, self.step_fn, self.splits, self.cfg = model, step_fn, splits, cfg
         self.run_dir = Path(run_dir)
         self.labels = list(labels)
@@ -272,21 +327,29 @@ class Trainer:
         return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                           collate_fn=self.splits.collate, num_workers=cfg.num_workers), None, gen
 
-    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        # Biases and norm gains (1-D) are not decayed, as in BERT-style fine-tuning.
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr)
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters; biases and norm gains (1-D) are not decayed, as in
+        BERT-style fine-tuning; ``lr_by_prefix`` gives parameter groups their own rate."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        prefixes = sorted(self.cfg.lr_by_prefix, key=len, reverse=True)   # the longest prefix wins
+        unused = [k for k in prefixes if not any(n.startswith(k) for n, _ in named)]
+        if unused:
+            raise ConfigError(f"optim.lr_by_prefix: no trainable parameter name starts with {unused}; "
+                             f"names start with {sorted({n.split('.')[0] for n, _ in named})}")
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, p in named:
+            lr = next((float(self.cfg.lr_by_prefix[k]) for k in prefixes if name.startswith(k)), self.cfg.lr)
+            groups.setdefault((lr, p.ndim >= 2), []).append(p)
+        return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": self.cfg.weight_decay if decay else 0.0}
+                                  for (lr, decay), ps in groups.items()], lr=self.cfg.lr)
 
     def _score(self, module: nn.Module, split: str) -> tuple[dict, float]:
         ds = getattr(self.splits, split)
         loader = eval_loader(ds, self.splits.collate, self.cfg.eval_batch_size, self.splits.lengths.get(split),
                              self.cfg.num_workers)
-        pred, true, loss = predict(module, self.step_fn, loader, self.device, self.amp_dtype,
-                                   progress=self.cfg.progress and self.is_main, desc=split)
-        metrics = classification_metrics(true, pred, self.labels)
+        outputs, true, loss = predict(module, self.step_fn, loader, self.device, self.amp_dtype,
+                                      progress=self.cfg.progress and self.is_main, desc=split)
+        metrics = self.task.score(outputs, true, self.labels)
         metrics["loss"] = loss
         return metrics, loss
 
@@ -322,12 +385,13 @@ class Trainer:
         loader, sampler, generator = self._train_loader()
         total = total_optimizer_steps(len(loader), cfg.epochs, cfg.grad_accum_steps)
         warmup = warmup_steps_for(total, cfg.warmup_ratio)
-        optimizer = self._optimizer(params)
+        optimizer = self._optimizer()
         scheduler = make_scheduler(optimizer, total, warmup)
         use_scaler = self.amp_dtype == torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         history: list[dict] = []
-        best = {"epoch": -1, SELECTION_METRIC: -1.0, "dev": None}
+        key = self.task.selection_metric
+        best = {"epoch": -1, key: -math.inf if self.task.higher_is_better else math.inf, "dev": None}
         first_epoch = 0
         if resume and state_path.exists():
             state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -403,13 +467,12 @@ class Trainer:
                    "train_parts": {k: v / seen for k, v in partial["parts"].items()},
                    "lr": optimizer.param_groups[0]["lr"], "dev": dev}
             history.append(row)
-            improved = dev[SELECTION_METRIC] > best[SELECTION_METRIC]
+            improved = dev[key] > best[key] if self.task.higher_is_better else dev[key] < best[key]
             if improved:
-                best = {"epoch": epoch + 1, SELECTION_METRIC: dev[SELECTION_METRIC], "dev": dev}
+                best = {"epoch": epoch + 1, key: dev[key], "dev": dev}
             if self.is_main:
-                print(f"[mmer-train] epoch {epoch + 1}: train loss {row['train_loss']:.4f}  dev weighted F1 "
-                      f"{dev['weighted_f1']:.4f}  acc {dev['accuracy']:.4f}  macro F1 {dev['macro_f1']:.4f}"
-                      f"{'  (best)' if improved else ''}", flush=True)
+                print(f"[mmer-train] epoch {epoch + 1}: train loss {row['train_loss']:.4f}  dev "
+                      f"{self.task.summary(dev)}{'  (best)' if improved else ''}", flush=True)
                 if improved:
                     self._save_checkpoint(best, None, wall_before + time.perf_counter() - start_wall)
                 self._write_metrics(history, best, None)
@@ -438,16 +501,19 @@ class Trainer:
         final = test or best["dev"]
         save_confusion_png(final["confusion"], self.labels, self.run_dir / "confusion_matrix.png",
                            title=f"{'test' if test else 'dev'} (best epoch {best['epoch']})")
-        text = f"dev, best epoch {best['epoch']}\n{format_report(best['dev'])}"
+        text = f"dev, best epoch {best['epoch']}\n{self.task.report(best['dev'])}"
         if test:
-            text += f"\ntest, checkpoint of epoch {best['epoch']}\n{format_report(test)}"
+            text += f"\ntest, checkpoint of epoch {best['epoch']}\n{self.task.report(test)}"
         (self.run_dir / "report.txt").write_text(text, encoding="utf-8")
         print(text, flush=True)
         self._save_checkpoint(best, test, wall)
         return json.loads((self.run_dir / "metrics.json").read_text(encoding="utf-8"))
 
+    def _selection(self) -> str:
+        return f"dev {self.task.selection_metric} ({'max' if self.task.higher_is_better else 'min'})"
+
     def _write_metrics(self, history: list[dict], best: dict, test: dict | None) -> None:
-        data = {"selection": f"dev {SELECTION_METRIC}", "best_epoch": best["epoch"], "epochs": history,
+        data = {"task": self.task.name, "selection": self._selection(), "best_epoch": best["epoch"], "epochs": history,
                 "best_dev": best["dev"], "test": test}
         (self.run_dir / "metrics.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
 
@@ -457,7 +523,7 @@ class Trainer:
             "split_sizes": self.splits.sizes(),
             "config": to_dict(self.run_config),
             "best_epoch": best["epoch"],
-            "selection": f"dev {SELECTION_METRIC}",
+            "selection": self._selection(),
             "dev_metrics": _summary(best["dev"]),
             "test_metrics": _summary(test) if test else None,
             "git_commit": git_commit(),
