@@ -177,9 +177,16 @@ def torch2onnx(model: nn.Module, folder: str | Path, example: dict[str, np.ndarr
     path = folder / MODEL_FILE
     wrapper = GraphWrapper(model, spec).eval()
     args = tuple(torch.from_numpy(np.asarray(example[s.name])) for s in spec.inputs)
-    axes = {s.name: {i: a for i, a in enumerate(s.shape) if isinstance(a, str)} for s in spec.inputs}
+    # The sentiment models read MMSA's fixed-length padded sequences, and nn.MultiheadAttention's
+    # legacy trace bakes the sequence lengths into its reshapes: only their batch axis is dynamic.
+    dynamic = (lambda a: a == BATCH) if spec.model in MSA_MODELS else (lambda a: isinstance(a, str))
+    axes = {s.name: {i: a for i, a in enumerate(s.shape) if dynamic(a)} for s in spec.inputs}
     axes.update({o: {0: BATCH} for o in spec.outputs})
     torch.onnx.register_custom_op_symbolic("aten::sort", _sort_symbolic, opset)
+    # nn.MultiheadAttention's inference fast path is one fused kernel with no ONNX form; the
+    # standard path it stands in for computes the same thing.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The tracer warns about every Python-level shape read in transformers' mask code;
@@ -190,6 +197,7 @@ def torch2onnx(model: nn.Module, folder: str | Path, example: dict[str, np.ndarr
                               dynamic_axes=axes, do_constant_folding=True)
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::sort", opset)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     model.eval()  # the exporter restores the training flag of the whole tree; be explicit
     onnx.checker.check_model(str(path))
     return path

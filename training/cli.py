@@ -50,13 +50,22 @@ def train_main(argv: list[str] | None = None) -> int:
     msa = parser.add_argument_group("msa stage (DERL, MMILN, CENet, CMATH on an MMSA pickle)")
     msa.add_argument("--model", choices=["derl", "mmiln", "cenet", "cmath"], help="same as model.name=")
     msa.add_argument("--data", help="MMSA pickle (CMU-MOSI/MOSEI layout); same as data.path=")
-    msa.add_argument("--seeds", type=int, nargs="+", help="one run per seed in OUT/seed_<s>/, then mean +- std "
-                     "of the test metrics in OUT/summary.json")
+    msa.add_argument("--seeds", nargs="+", metavar="SEED", help="one run per seed in OUT/seed_<s>/, then mean +- "
+                     "std of the test metrics in OUT/summary.json")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_intermixed_args(argv)
     _setup_logging()
     overrides = list(args.overrides)
-    if args.stage != "msa" and (args.model or args.data or args.seeds):
+    seeds: list[int] = []
+    for token in args.seeds or ():
+        if "=" in token:   # nargs="+" also swallows key=value overrides written after the seeds
+            overrides.append(token)
+        elif token.lstrip("-").isdigit():
+            seeds.append(int(token))
+        else:
+            print(f"mmer-train: --seeds takes integers, got {token!r}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.stage != "msa" and (args.model or args.data or seeds):
         print("mmer-train: --model, --data and --seeds belong to the msa stage", file=sys.stderr)
         return EXIT_USAGE
     # Flags first, so explicit key=value overrides still win.
@@ -72,10 +81,10 @@ def train_main(argv: list[str] | None = None) -> int:
     from mmer.training.stages import STAGES
 
     try:
-        if args.seeds:
+        if seeds:
             from mmer.training.sentiment import run_msa_seeds
 
-            run_msa_seeds(recipe, args.seeds, resume=args.resume)
+            run_msa_seeds(recipe, seeds, resume=args.resume)
             print(f"mmer-train: summary -> {Path(recipe.out) / 'summary.json'}")
             return 0
         result = STAGES[args.stage](recipe, resume=args.resume)
