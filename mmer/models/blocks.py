@@ -1,5 +1,7 @@
 """Layers shared by several models of the zoo.
 
+``sinusoidal_positions``: the fixed position code of the Transformer (DERL eq. 4, CMATH).
+
 ``ModalityTokenAttention``: self-attention over the modality tokens of ONE utterance, with
 absent modalities masked out. It is the batch-independent replacement for the attention step
 of TelME's fusion (REFERENCE.md section 2, defect 1) and fits any fusion that treats each
@@ -12,6 +14,16 @@ import torch
 from torch import nn
 
 LAYER_NORM_EPS = 1e-5  # PyTorch's default; named so every fusion layer uses the same one
+POSITION_BASE = 10000.0  # wavelength base of sinusoidal positions (Vaswani et al.)
+
+
+def sinusoidal_positions(length: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+    """PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(t / 10000^(2i/d)); (length, dim) in
+    ``like``'s dtype and device (odd ``dim`` keeps the first ``dim`` channels)."""
+    pos = torch.arange(length, device=like.device, dtype=like.dtype).unsqueeze(1)
+    freq = POSITION_BASE ** (-torch.arange(0, dim, 2, device=like.device, dtype=like.dtype) / dim)
+    angle = pos * freq                                                 # (length, ceil(dim / 2))
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)[:, :dim]
 
 
 class ModalityTokenAttention(nn.Module):

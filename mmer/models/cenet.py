@@ -47,14 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmer.models.msa import (
-    REGRESSION,
-    TEXT_FEATURES,
-    MsaModel,
-    TextBackbone,
-    check_outputs,
-    lengths_to_mask,
-)
+from mmer.models.msa import TEXT_FEATURES, MsaDims, MsaModel, TextBackbone, check_outputs, lengths_to_mask
 from mmer.outputs import MsaOutput
 from mmer.registry import MODELS
 
@@ -65,7 +58,7 @@ REGRESSION_LOSSES = ("l1", "mse")
 
 
 @dataclass(frozen=True)
-class CENetDims:
+class CENetDims(MsaDims):
     """Every size of CENet; saved inside its checkpoint.
 
     audio_vocab_size / vision_vocab_size: K, words per non-verbal vocabulary (C1).
@@ -78,12 +71,7 @@ class CENetDims:
     regression_loss: "l1" (MMSA's, mmer's default) or "mse" (the authors' train.py).
     """
 
-    label_set: str = REGRESSION
-    num_outputs: int = 1
     text_encoder: str = MINILM     # CENet works inside a language model: "features" is refused
-    text_dim: int = 768
-    audio_dim: int = 5
-    vision_dim: int = 20
     audio_vocab_size: int = 16     # authors: label_size = 16 (their data file MOSI_16_sentilare_...)
     vision_vocab_size: int = 16    # same constant for both modalities in the authors' code
     inject_layer: int = 1          # authors: ROBERTA_INJECTION_INDEX = 1 (after the first layer)

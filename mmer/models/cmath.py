@@ -51,34 +51,26 @@ Design choices (where the abstract is silent):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmer.models.blocks import LAYER_NORM_EPS
-from mmer.models.msa import MsaModel, TextBackbone, check_outputs, lengths_to_mask, masked_mean
+from mmer.models.blocks import LAYER_NORM_EPS, sinusoidal_positions
+from mmer.models.msa import MsaDims, MsaModel, TextBackbone, check_outputs, lengths_to_mask, masked_mean
 from mmer.outputs import MsaOutput
 from mmer.registry import MODELS
 
 MODALITIES = ("text", "audio", "vision")
-POSITION_BASE = 10000.0               # sinusoidal position wavelengths (Vaswani et al.)
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0  # clamp on log s^2: exp() stays finite in fp16/fp32
 
 
 @dataclass(frozen=True)
-class CMATHDims:
+class CMATHDims(MsaDims):
     """Every size of CMATH; saved inside its checkpoint. The abstract gives no numbers: every
     default after ``vision_dim`` is mmer's choice (module docstring, design choice 6)."""
 
-    label_set: str = "regression"
-    num_outputs: int = 1
-    text_encoder: str = "features"
-    text_dim: int = 768
-    audio_dim: int = 5
-    vision_dim: int = 20
     hidden_dim: int = 128             # width d of every stream (even: sinusoidal positions)
     num_heads: int = 4
     encoder_layers: int = 1           # self-attention layers of each unimodal encoder (C1)
@@ -93,13 +85,6 @@ class CMATHDims:
 
 
 # -- pure functions (tested against hand-computed values) ------------------------------------
-def sinusoidal_positions(length: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-    """PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(...). Returns (length, dim)."""
-    t = torch.arange(length, device=like.device, dtype=like.dtype).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, device=like.device, dtype=like.dtype) * (-math.log(POSITION_BASE) / dim))
-    return torch.stack([torch.sin(t * freq), torch.cos(t * freq)], dim=-1).flatten(1)
-
-
 def masked_smooth_l1(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(C4) term: smooth-L1 (beta 1: 0.5 e^2 if |e| < 1 else |e| - 0.5) averaged over the valid
     steps and features. recon, target: (B, L, D); mask: (B, L) bool. Zero iff recon == target

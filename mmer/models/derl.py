@@ -64,7 +64,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmer.models.msa import REGRESSION, MsaModel, TextBackbone, check_outputs, lengths_to_mask, masked_mean
+from mmer.models.blocks import sinusoidal_positions
+from mmer.models.msa import (MsaDims, MsaModel, REGRESSION,
+                             TextBackbone, check_outputs, lengths_to_mask, masked_mean)
 from mmer.outputs import MsaOutput
 from mmer.registry import MODELS
 
@@ -72,20 +74,13 @@ MODALITIES = ("text", "audio", "vision")
 # The CIE's hierarchical order: each target reads the other two in t, a, v order (Table 4).
 SOURCES = {"text": ("audio", "vision"), "audio": ("text", "vision"), "vision": ("text", "audio")}
 REGRESSION_LOSSES = ("mse", "l1")   # eq. (28) is MSE; L1 is what MMSA trains MOSI/MOSEI with
-PE_BASE = 10000.0                   # wavelength base of the sinusoidal positions, eq. (4)
 NORM_EPS = 1e-6                     # floor on ||F_j|| in eq. (19), so a zero row never divides by zero
 
 
 @dataclass(frozen=True)
-class DERLDims:
+class DERLDims(MsaDims):
     """Every size of DERL; saved inside its checkpoint. Defaults: Table 1's CMU-MOSI column."""
 
-    label_set: str = "regression"
-    num_outputs: int = 1
-    text_encoder: str = "features"
-    text_dim: int = 768
-    audio_dim: int = 5
-    vision_dim: int = 20
     hidden_dim: int = 50            # d, Table 1 "feature size" (MOSI and MOSEI)
     num_heads: int = 10             # Table 1 (MOSI and MOSEI)
     num_layers: int = 2             # N, Table 1 (MOSI 2, MOSEI 5)
@@ -101,14 +96,6 @@ class DERLDims:
     regression_loss: str = "mse"    # eq. (28); "l1" for MMSA's usual objective
     use_enhancement: bool = True    # False = Table 5 "w/o EU"
     use_filter: bool = True         # False = Table 5 "w/o FU"
-
-
-def sinusoidal_positions(length: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-    """PE(L, d) of eq. (4): sin on even, cos on odd channels (Vaswani et al.). Returns (L, d)."""
-    pos = torch.arange(length, device=like.device, dtype=like.dtype).unsqueeze(1)
-    freq = PE_BASE ** (-torch.arange(0, dim, 2, device=like.device, dtype=like.dtype) / dim)
-    angle = pos * freq                                                 # (L, ceil(d/2))
-    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)[:, :dim]
 
 
 def l2_distance_loss(text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmer.models.blocks import LAYER_NORM_EPS
-from mmer.models.msa import REGRESSION, MsaModel, TextBackbone, check_outputs, lengths_to_mask, masked_mean
+from mmer.models.msa import (MsaDims, MsaModel, REGRESSION,
+                             TextBackbone, check_outputs, lengths_to_mask, masked_mean)
 from mmer.outputs import MsaOutput
 from mmer.registry import MODELS
 
@@ -48,15 +49,9 @@ RELATIVE_EPS = 1e-8                     # epsilon of eq. (31) and of eq. (34)'s 
 
 
 @dataclass(frozen=True)
-class MMILNDims:
+class MMILNDims(MsaDims):
     """Every size of MMILN; saved inside its checkpoint. Defaults: MOSI."""
 
-    label_set: str = "regression"
-    num_outputs: int = 1
-    text_encoder: str = "features"
-    text_dim: int = 768
-    audio_dim: int = 5
-    vision_dim: int = 20
     # Self-MM's MOSI settings (MMSA config_regression.json, self_mm), kept by MMILN (sec. 4.2).
     audio_lstm_dim: int = 16            # a_lstm_hidden_size, eq. (1)
     vision_lstm_dim: int = 32           # v_lstm_hidden_size, eq. (2)

@@ -25,6 +25,7 @@ training split's arrays (CENet fits its k-means vocabularies there).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,6 +41,23 @@ REGRESSION = "regression"       # label_set of the sentiment models: one score i
 SENTIMENT_RANGE = 3.0           # CMU-MOSI/MOSEI labels lie in [-3, 3]
 TEXT_FEATURES = "features"      # dims.text_encoder: use the pickle's precomputed BERT sequence
 ENCODER_ASSETS = "encoder"      # checkpoint sub-folder holding the language model's config
+
+
+@dataclass(frozen=True)
+class MsaDims:
+    """The fields every sentiment model's Dims starts with (each model's Dims subclasses this).
+
+    label_set: "regression" (one score) or a classification label set (e.g. meld7);
+    num_outputs: 1, or the number of classes; text_encoder: "features" or a language model (see
+    the module docstring); text_dim / audio_dim / vision_dim: input feature widths (MOSI
+    768 / 5 / 20, MOSEI 768 / 74 / 35)."""
+
+    label_set: str = REGRESSION
+    num_outputs: int = 1
+    text_encoder: str = TEXT_FEATURES
+    text_dim: int = 768
+    audio_dim: int = 5
+    vision_dim: int = 20
 
 
 def check_outputs(label_set: str, num_outputs: int) -> None:
@@ -127,8 +145,7 @@ class MsaModel(MmerModel):
     """Base class of the sentiment models. Subclasses build ``self.text`` (a :class:`TextBackbone`)
     in ``__init__(dims, encoder_config=None)`` and implement ``forward`` and ``loss``.
 
-    Dims of every subclass carry at least: ``label_set``, ``num_outputs``, ``text_encoder``,
-    ``text_dim``, ``audio_dim``, ``vision_dim``.
+    Dims of every subclass extend :class:`MsaDims`.
     """
 
     text: TextBackbone
