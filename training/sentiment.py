@@ -32,6 +32,8 @@ from mmer.training.trainer import Splits, StepOutput, Trainer
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+LANGUAGE_MODEL_LR = 5e-5   # a fine-tuned language model's rate unless optim.lr_by_prefix names one (BERT practice)
+LANGUAGE_MODEL_PREFIX = "text.encoder"
 SPLIT_OF = {"train": "train", "dev": "valid", "test": "test"}   # Trainer split -> MMSA split
 
 
@@ -98,7 +100,14 @@ def run_msa(recipe: MsaRecipe, resume: bool = False) -> dict:
                   "non_finite_features": {k: v.non_finite for k, v in splits.items()}}
     log.info("msa %s on %s: train/valid/test %d/%d/%d, widths %s", recipe.model.name, recipe.data.path,
              len(splits["train"]), len(splits["valid"]), len(splits["test"]), splits["train"].dims())
-    trainer = Trainer(model, msa_step, data, recipe.optim, recipe.out, labels, run_config=recipe,
+    optim = recipe.optim
+    if model.text.uses_ids and not any(k.startswith("text") for k in optim.lr_by_prefix):
+        # The fusion layers' rate (1e-3 by default) would wreck a pretrained language model.
+        optim = replace(optim, lr_by_prefix={**optim.lr_by_prefix, LANGUAGE_MODEL_PREFIX: LANGUAGE_MODEL_LR})
+        log.info("%s: %s gets lr %g (set optim.lr_by_prefix to change it)", recipe.model.name,
+                 LANGUAGE_MODEL_PREFIX, LANGUAGE_MODEL_LR)
+        recipe = replace(recipe, optim=optim)
+    trainer = Trainer(model, msa_step, data, optim, recipe.out, labels, run_config=recipe,
                       provenance=provenance, task=recipe.data.task)
     return trainer.fit(resume=resume)
 

@@ -161,6 +161,9 @@ def test_msa_run_writes_every_artifact_and_learns(runs, tiny_pkl, name):
     dev_mae = [e["dev"]["mae"] for e in metrics["epochs"]]
     assert metrics["best_epoch"] == int(np.argmin(dev_mae)) + 1
     assert "Acc-7" in (run / "report.txt").read_text()
+    if name == "cenet":   # a fine-tuned language model gets its own, small rate by default
+        import yaml
+        assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr_by_prefix"] == {"text.encoder": 5e-5}
     # The checkpoint reloads without any YAML and reproduces the run's test MAE.
     model = mmer.load(run / "checkpoint")
     assert model.registry_name == name
