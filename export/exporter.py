@@ -24,7 +24,7 @@ from torch import nn
 from mmer.export import formats
 from mmer.export.config import CONFIG_FILE, ExportConfig, load_export_config
 from mmer.export.engines import ENGINE_CARD, ENGINE_FILE, RTX, TRT, onnx2engine
-from mmer.export.onnx_export import (MODEL_FILE, ExportError, example_batch, model_card, model_spec, padding_exact,
+from mmer.export.onnx_export import (MODEL_FILE, MSA_MODELS, ExportError, example_batch, model_card, model_spec, padding_exact,
                                      save_tokenizer, torch2onnx, write_card)
 from mmer.export.parity import failed_gates, measure_parity, not_run, write_parity
 from mmer.export.quantize import FP16_SAFE_MAX, onnx2fp16, onnx2int8_dynamic, onnx2int8_static, onnx2qdq_tensorrt
@@ -151,7 +151,10 @@ def export(model: nn.Module, fmt: str, out: str | Path, overrides: list[str] | t
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=str(data_root))
     model.eval()
-    model_spec(model)  # refuse a non-zoo model before any work
+    if model_spec(model).model in MSA_MODELS and spec.builds_engine:  # model_spec refuses a non-zoo model first
+        raise ExportError(f"{fmt}: the sentiment models (DERL, MMILN, CENet, CMATH) export to ONNX formats only "
+                          f"(onnx, onnx-fp16, onnx-int8, onnx-int8-static); their graphs have fixed sequence "
+                          f"lengths, which the engine profiles do not describe yet")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmer-export-") as tmp:

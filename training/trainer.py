@@ -5,8 +5,9 @@ What a run does: AdamW; linear warm-up/decay counted in optimizer steps (trainin
 gradient clipping and accumulation; autocast (bf16, else fp16 + GradScaler) on CUDA, float32 on
 CPU; fixed seeds (re-seeded per epoch, so a resumed run continues the same random stream);
 model selection on the dev split only (weighted F1 for classes, MAE for sentiment scores). The
-test split is scored once, at the end, with the selected checkpoint. After every epoch ``last_state.pt`` (weights, optimizer,
-scheduler, epoch, history) lets ``fit(resume=True)`` continue an interrupted run;
+test split is scored once, at the end, with the selected checkpoint. After every epoch
+``last_state.pt`` (weights, optimizer, scheduler, epoch, history) lets ``fit(resume=True)``
+continue an interrupted run;
 ``save_every_steps`` adds mid-epoch saves for runs whose epochs take hours (a resumed
 mid-epoch run skips the batches already trained; its dropout stream then differs).
 
