@@ -96,9 +96,9 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"mmer-train: test weighted F1 {test['weighted_f1']:.4f}  accuracy {test['accuracy']:.4f}  "
               f"macro F1 {test['macro_f1']:.4f}  ->  {Path(recipe.out) / 'checkpoint'}")
     elif test:
-        from mmer.training.trainer import RegressionTask
+        from mmer.training.trainer import TASKS
 
-        print(f"mmer-train: test {RegressionTask().summary(test)}  ->  {Path(recipe.out) / 'checkpoint'}")
+        print(f"mmer-train: test {TASKS['regression'].summary(test)}  ->  {Path(recipe.out) / 'checkpoint'}")
     return 0
 
 

@@ -9,6 +9,7 @@
   the EmoDB default voice model is trained (``data.name=emodb``, label set emodb7,
   speaker-independent split), so there is no separate voice stage.
 - ``fusion``: ASF on the cached features of the frozen teacher and students; only ASF trains.
+- ``msa``: DERL, MMILN, CENet or CMATH on an MMSA pickle (training/sentiment.py).
 
 Each ``run_<stage>(recipe, resume)`` returns the run's metrics (metrics.json content).
 """
@@ -33,6 +34,7 @@ from mmer.training.datasets import (DatasetError, EmotionDataset, MediaOptions, 
                                     stack_frames)
 from mmer.training.losses import class_weights_from_counts, cross_entropy, student_loss
 from mmer.training.recipes import DataConfig, FusionRecipe, StudentRecipe, TeacherRecipe
+from mmer.training.sentiment import run_msa
 from mmer.training.trainer import Splits, StepOutput, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -452,13 +454,6 @@ def run_fusion(recipe: FusionRecipe, resume: bool = False) -> dict:
     trainer = Trainer(asf, ce_step(fusion_forward, weights, recipe.loss.label_smoothing), splits, recipe.optim,
                       recipe.out, get_label_set(label_set).labels, run_config=recipe, provenance=provenance)
     return trainer.fit(resume=resume)
-
-
-def run_msa(recipe, resume: bool = False) -> dict:
-    """The sentiment models' stage (training/sentiment.py), imported on use."""
-    from mmer.training.sentiment import run_msa as run
-
-    return run(recipe, resume=resume)
 
 
 STAGES = {"teacher": run_teacher, "student": run_student, "fusion": run_fusion, "msa": run_msa}
