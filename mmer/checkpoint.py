@@ -53,11 +53,12 @@ def _state_dict_for_save(model: torch.nn.Module, dtype: torch.dtype | None) -> d
 
 
 def save_checkpoint(model: Any, folder: str | Path, provenance: dict | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, calibration: dict | None = None) -> Path:
     """Write ``model`` (an :class:`mmer.models.base.MmerModel`) to ``folder``.
 
     ``provenance`` records how it was made (data, recipe, metrics); ``dtype=torch.float16``
-    halves the size of floating-point weights (they load back as float32).
+    halves the size of floating-point weights (they load back as float32); ``calibration`` is
+    a :class:`mmer.calibration.Calibration` as a dict (temperature, reliability, abstention).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,8 @@ def save_checkpoint(model: Any, folder: str | Path, provenance: dict | None = No
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "provenance": provenance or {},
     }
+    if calibration:
+        meta["calibration"] = calibration
     (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=False), encoding="utf-8")
     return folder
 

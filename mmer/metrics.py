@@ -6,6 +6,8 @@ Averages run over every class of the label set, as ``classification_report(label
 a class with no support contributes 0 to macro F1 and nothing to weighted F1.
 
     m = classification_metrics(y_true, y_pred, get_label_set("meld7").labels)
+    m["ua"] = unweighted_accuracy(y_true, y_pred)          # speech emotion: mean recall of present classes
+    dd = micro_f1_excluding(y_true, y_pred, excluded=0)    # DailyDialog: micro-F1 without neutral
     print(format_report(m))
     save_confusion_png(m["confusion"], m["labels"], "run/confusion_matrix.png")
 """
@@ -26,6 +28,16 @@ FIGURE_MIN_INCHES = 4.0
 FIGURE_DPI = 120
 
 
+def _int_labels(y_true: Sequence[int], y_pred: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D of equal length")
+    if y_true.size == 0:
+        raise ValueError("no predictions to score")
+    return y_true, y_pred
+
+
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
     """Metrics of integer predictions ``y_pred`` against ``y_true`` (indices into ``labels``).
 
@@ -35,12 +47,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
     """
     require("sklearn")  # fails with the install command when the train extra is missing
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D of equal length")
-    if y_true.size == 0:
-        raise ValueError("no predictions to score")
+    y_true, y_pred = _int_labels(y_true, y_pred)
     ids = list(range(len(labels)))
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.min() < 0 or y.max() >= len(labels):
@@ -56,6 +63,37 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels:
     }
     out["confusion"] = confusion_matrix(y_true, y_pred, labels=ids).tolist()
     return out
+
+
+def unweighted_accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """UA, the speech-emotion convention: mean per-class recall over the classes present in ``y_true``.
+
+    UA = (1 / |K|) * sum_{k in K} |{i : t_i = k, p_i = k}| / |{i : t_i = k}|,  K = set(y_true).
+
+    Unlike ``macro_recall`` of :func:`classification_metrics` (which averages over the whole
+    label set), a class absent from the truth does not count; on balanced data UA equals the
+    weighted accuracy WA (plain accuracy, ``accuracy`` in the metrics).
+    """
+    y_true, y_pred = _int_labels(y_true, y_pred)
+    return float(np.mean([np.mean(y_pred[y_true == k] == k) for k in np.unique(y_true)]))
+
+
+def micro_f1_excluding(y_true: Sequence[int], y_pred: Sequence[int], excluded: int) -> dict[str, float]:
+    """Micro-averaged precision, recall and F1 over every class but ``excluded`` (DailyDialog: neutral).
+
+    The DailyDialog ERC convention: with TP = |{i : p_i = t_i != e}|,
+    precision = TP / |{i : p_i != e}|, recall = TP / |{i : t_i != e}|, F1 = 2PR / (P + R);
+    an empty denominator gives 0. Same as sklearn's ``f1_score(labels=others, average="micro")``.
+
+    Returns {"precision", "recall", "f1"}.
+    """
+    y_true, y_pred = _int_labels(y_true, y_pred)
+    hits = int(np.sum((y_pred == y_true) & (y_true != excluded)))
+    called, actual = int(np.sum(y_pred != excluded)), int(np.sum(y_true != excluded))
+    precision = hits / called if called else 0.0
+    recall = hits / actual if actual else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
 def format_report(metrics: dict, digits: int = REPORT_DIGITS) -> str:

@@ -3,7 +3,8 @@
 Every backend has ``transcribe(audio) -> Transcript`` and ``warmup()``; :func:`make_asr` picks
 one by name. :class:`AsrWorker` runs a backend in its own thread, so a slow transcription
 never stalls audio capture or segmentation, and hands utterances back in order with their
-``text`` and ``timings_ms["asr"]`` filled.
+``text`` and ``timings_ms["asr"]`` filled (and ``encoder_hidden`` when the backend shares its
+encoder pass with the voice model, :class:`SharedEncoderASR`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -29,17 +31,31 @@ DEFAULT_CPU_THREADS = 2  # leaves cores to capture, VAD and the emotion models o
 WARMUP_AUDIO_S = 1.0  # the first call pays for allocations; warm up on this much audio
 HF_MAX_NEW_TOKENS = 128  # ~15 s of fast speech; our utterances are capped at 15 s
 DEFAULT_MAX_PENDING = 8  # utterances waiting for the worker before submit() blocks
+# SharedEncoderASR (scripts/bench_shared_encoder.py measured these choices):
+WHISPER_WINDOW_FRAMES = 1500  # encoder frames of Whisper's 30 s window (20 ms each)
+WHISPER_MAX_LENGTH = 448  # tokens: Whisper's decoder context, faster-whisper's max_length
+MIN_ENCODER_S = 2.0  # s; shorter utterances are zero-padded to this before the encoder
+VOICE_PEAK_LEVEL = 0.5  # the whisper voice model scales each clip to this peak (AudioStudentDims.peak_level)
+SILENT_PEAK = 1e-4  # a clip's peak is floored here before that scaling (mmer.models.audio_student)
+NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's no-speech rule: drop the text when P(no speech) is above
+LOG_PROB_THRESHOLD = -1.0  # ... this and the mean token log-probability is at most this
+MAX_TOKENS_PER_S = 12.0  # runaway guard: fast English is ~6 tokens/s with punctuation
+MIN_MAX_TOKENS = 16  # tokens allowed however short the utterance
+COMPRESSION_RATIO_THRESHOLD = 2.4  # faster-whisper's: text that zlib shrinks more than this is a loop
 
 
 @dataclass(frozen=True)
 class Transcript:
     """What a speech-to-text backend heard: ``text`` (None when the backend does not
     transcribe), ``language`` code if known, and ``duration_ms``, the wall time the
-    transcription took."""
+    transcription took. ``encoder_hidden``: the Whisper encoder's state after each block,
+    (1, L, 384) torch tensors of the whole utterance, when the backend computed them in a form
+    the voice model can reuse (:class:`SharedEncoderASR`), else None."""
 
     text: str | None
     language: str | None
     duration_ms: float
+    encoder_hidden: list | None = field(default=None, repr=False, compare=False)
 
 
 class SpeechToText(Protocol):
@@ -114,6 +130,149 @@ class FasterWhisperASR:
         self.transcribe((0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
 
 
+class SharedEncoderASR(FasterWhisperASR):
+    """Whisper tiny.en speech-to-text on one encoder pass that the voice model reuses.
+
+    ``transcribe(audio)`` scales the utterance to ``peak_level`` exactly as the whisper voice
+    model does, runs :class:`mmer.whisper.WhisperEncoder` (torch, all 4 blocks) once on the
+    unpadded utterance, and decodes those states with CTranslate2's ``generate`` (the model
+    faster-whisper holds, same greedy settings, suppressed tokens and no-speech rule as
+    :class:`FasterWhisperASR`). The per-block states come back in ``Transcript.encoder_hidden``
+    for the voice model; faster-whisper instead pads every utterance to 30 s and spends most of
+    its time in the encoder.
+
+    The decoder was trained on 30 s windows only. Given the utterance's frames alone it does not
+    stop: it repeats the sentence up to its 448-token limit (WER above 10 on RAVDESS). Two cheap
+    changes make it behave like the padded model: the states are followed by the encoder states
+    of faster-whisper's own padding (a silent 30 s window, computed once), so the decoder sees
+    where the speech ends; and an utterance shorter than ``min_encoder_s`` is zero-padded to it
+    before the encoder, so a single word is encoded next to silence as in training (without it,
+    "no" became "no, no, no, ..."). Padded utterances return no ``encoder_hidden``: their states
+    are not those the voice model computes on the unpadded clip.
+
+    Rarely (a monologue piece cut mid-word) the decoder still loops; ``decode`` flags a text that
+    reaches the token cap (``MAX_TOKENS_PER_S`` x duration) or compresses like a loop, and
+    ``transcribe`` then decodes that utterance the faster-whisper way, padded to 30 s
+    (``fallback_padded``; counted in ``fallbacks``). ``encoder_hidden`` is returned either way.
+    """
+
+    name = "shared-encoder"
+
+    def __init__(self, model_dir: str | Path | None = None, encoder=None, device: str = "cpu",
+                 compute_type: str = "int8", cpu_threads: int = DEFAULT_CPU_THREADS, beam_size: int = 1,
+                 language: str | None = "en", peak_level: float | None = VOICE_PEAK_LEVEL,
+                 min_encoder_s: float = MIN_ENCODER_S, fallback_padded: bool = True):
+        super().__init__(model_dir, device, compute_type, cpu_threads, beam_size, language)
+        self.torch = require("torch")
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        from mmer.whisper import WhisperEncoder
+
+        if encoder is None:
+            encoder = WhisperEncoder().load_ctranslate2(self.model_dir)
+        if encoder.keep_layers != encoder.dims.n_layers:
+            raise ValueError(f"speech-to-text needs all {encoder.dims.n_layers} encoder blocks and the final "
+                             f"LayerNorm; this encoder keeps {encoder.keep_layers}")
+        self.encoder = encoder.eval()
+        self.peak_level, self.min_encoder_s, self.fallback_padded = peak_level, min_encoder_s, fallback_padded
+        self.fallbacks = 0
+        self._ct2 = self._model.model
+        multilingual = self._ct2.is_multilingual
+        if multilingual and language is None:
+            raise ValueError("SharedEncoderASR does not detect the language: pass language= for a multilingual model")
+        self._tokenizer = Tokenizer(self._model.hf_tokenizer, multilingual, task="transcribe",
+                                    language=language if multilingual else None)
+        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))  # faster-whisper's default set
+        # faster-whisper pads the log-mel with zeros to 3,000 frames; these are the encoder states
+        # of that padding alone, appended after the utterance's own frames.
+        silent_mel = self._model.feature_extractor.nb_max_frames
+        ctranslate2 = require("ctranslate2")
+        padding = ctranslate2.StorageView.from_array(np.zeros((1, self.encoder.dims.n_mels, silent_mel), np.float32))
+        self._silence = np.array(self._ct2.encode(padding, to_cpu=True), dtype=np.float32)[0]  # (1500, 384)
+        self._storage = ctranslate2.StorageView.from_array
+
+    def encode(self, audio: np.ndarray) -> tuple[list, bool]:
+        """``audio`` (n,) float32 at 16 kHz -> ([hidden (1, L, 384) torch per block], padded).
+
+        The input is scaled to ``peak_level`` (as the voice model does) and zero-padded to
+        ``min_encoder_s`` when shorter (``padded`` True); L = ceil(max(n, pad) / 320).
+        """
+        torch = self.torch
+        wav = torch.from_numpy(np.ascontiguousarray(_as_float32(audio)))[None]
+        if self.peak_level is not None:
+            wav = wav * (self.peak_level / wav.abs().amax(-1, keepdim=True).clamp(min=SILENT_PEAK))
+        min_samples = int(round(self.min_encoder_s * SAMPLE_RATE_HZ))
+        padded = wav.shape[1] < min_samples
+        if padded:
+            wav = torch.nn.functional.pad(wav, (0, min_samples - wav.shape[1]))
+        with torch.inference_mode():
+            hidden, _ = self.encoder(wav)
+        return hidden, padded
+
+    def decode(self, states, duration_s: float | None = None) -> tuple[str, bool]:
+        """Encoder states -> (text, runaway); see :meth:`transcribe_states` for the arguments.
+
+        ``runaway``: the decoder reached the token cap or wrote a loop (zlib compression ratio
+        above faster-whisper's 2.4), so the text is not to be trusted.
+        """
+        states = states.detach().cpu().numpy() if hasattr(states, "detach") else np.asarray(states)
+        states = states.reshape(-1, states.shape[-1]).astype(np.float32, copy=False)
+        length, width = states.shape
+        if width != self._silence.shape[1] or length > WHISPER_WINDOW_FRAMES:
+            raise ValueError(f"encoder states must be (L <= {WHISPER_WINDOW_FRAMES}, {self._silence.shape[1]}), "
+                             f"got {states.shape}")
+        if length == 0:
+            return "", False
+        window = np.ascontiguousarray(np.concatenate([states, self._silence[length:]])[None])
+        if duration_s is None:
+            duration_s = length / (WHISPER_WINDOW_FRAMES / 30.0)
+        max_tokens = max(MIN_MAX_TOKENS, int(np.ceil(MAX_TOKENS_PER_S * duration_s)))
+        # CTranslate2 (4.8) stops Whisper after max_length // 2 new tokens whatever the prompt, as
+        # openai/whisper's sample_len = n_text_ctx // 2; hence 2 x the cap.
+        result = self._ct2.generate(
+            self._storage(window), [self._prompt], beam_size=self.beam_size,
+            max_length=min(WHISPER_MAX_LENGTH, 2 * max_tokens), return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress)[0]
+        tokens = result.sequences_ids[0]
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # as faster-whisper recovers it
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob <= LOG_PROB_THRESHOLD:
+            return "", False
+        text = self._tokenizer.decode(tokens).strip()
+        raw = text.encode("utf-8")
+        looped = bool(raw) and len(raw) / len(zlib.compress(raw)) > COMPRESSION_RATIO_THRESHOLD
+        return text, looped or len(tokens) >= max_tokens
+
+    def transcribe_states(self, states, duration_s: float | None = None) -> Transcript:
+        """Decode encoder states: ``states`` (L, 384) or (1, L, 384), numpy or torch, the last
+        block's output after ``ln_post`` (``WhisperEncoder(...)[0][-1]``) with L <= 1,500.
+
+        ``duration_s``, the utterance's length, caps the tokens decoded (default L / 50 s).
+        No fallback here (there is no audio to re-encode): see :meth:`transcribe`.
+        """
+        t0 = time.perf_counter()
+        text, _ = self.decode(states, duration_s)
+        return Transcript(text, self.language, (time.perf_counter() - t0) * 1000)
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript with ``encoder_hidden``
+        (None when the utterance was padded to ``min_encoder_s``)."""
+        t0 = time.perf_counter()
+        audio = _as_float32(audio)
+        if len(audio) == 0:
+            return Transcript("", self.language, 0.0)
+        hidden, padded = self.encode(audio)
+        text, runaway = self.decode(hidden[-1], len(audio) / SAMPLE_RATE_HZ)
+        if runaway and self.fallback_padded:
+            self.fallbacks += 1
+            log.info("utterance decoded again padded to 30 s: the shared-encoder text looked like a loop (%r)",
+                     text[:80])
+            text = super().transcribe(audio).text
+        return Transcript(text, self.language, (time.perf_counter() - t0) * 1000,
+                          encoder_hidden=None if padded else hidden)
+
+
 class HFWhisperASR:
     """A Hugging Face Whisper folder (model + processor) via WhisperForConditionalGeneration,
     loaded with ``local_files_only`` (no download at run time)."""
@@ -166,16 +325,23 @@ class NoASR:
         pass
 
 
-def make_asr(name: Literal["faster-whisper", "hf-whisper", "none"], model_dir: str | Path | None = None,
-             **kwargs) -> SpeechToText:
-    """The speech-to-text backend called ``name``; ``kwargs`` go to its constructor."""
+def make_asr(name: Literal["faster-whisper", "shared-encoder", "hf-whisper", "none"],
+             model_dir: str | Path | None = None, **kwargs) -> SpeechToText:
+    """The speech-to-text backend called ``name``; ``kwargs`` go to its constructor.
+
+    "shared-encoder" is :class:`SharedEncoderASR`: Whisper tiny.en like "faster-whisper", on an
+    encoder pass whose states the voice model reuses (``Utterance.encoder_hidden``).
+    """
     if name == "faster-whisper":
         return FasterWhisperASR(model_dir, **kwargs)
+    if name == "shared-encoder":
+        return SharedEncoderASR(model_dir, **kwargs)
     if name == "hf-whisper":
         return HFWhisperASR(model_dir, **kwargs)
     if name == "none":
         return NoASR()
-    raise ValueError(f"unknown speech-to-text backend '{name}' (expected 'faster-whisper', 'hf-whisper' or 'none')")
+    raise ValueError(f"unknown speech-to-text backend '{name}' (expected 'faster-whisper', 'shared-encoder', "
+                     "'hf-whisper' or 'none')")
 
 
 _STOP = object()
@@ -187,8 +353,9 @@ class AsrWorker:
     ``submit`` enqueues without waiting while fewer than ``max_pending`` utterances wait;
     beyond that it blocks until the worker catches up (never drops; each such wait is
     counted in ``blocked_submits``). ``poll`` returns finished utterances in submission order,
-    with ``text`` set (kept as supplied when the backend returns None) and
-    ``timings_ms["asr"]`` (transcription) and ``timings_ms["asr_wait"]`` (queueing) in ms.
+    with ``text`` set (kept as supplied when the backend returns None), ``encoder_hidden`` when
+    the backend returns encoder states, and ``timings_ms["asr"]`` (transcription) and
+    ``timings_ms["asr_wait"]`` (queueing) in ms.
     A failing transcription is logged and counted in ``errors``; its utterance still comes
     back, with ``text`` unchanged.
     """
@@ -227,6 +394,8 @@ class AsrWorker:
                 transcript = self.asr.transcribe(utterance.audio)
                 if transcript.text is not None:
                     utterance.text = transcript.text
+                if transcript.encoder_hidden is not None:
+                    utterance.encoder_hidden = transcript.encoder_hidden
             except Exception as e:  # one bad utterance must not end transcription for the session
                 self.errors += 1
                 self.last_error = e

@@ -51,6 +51,9 @@ class Utterance:
 
     ``end_of_speech_wall_s`` is the wall-clock (time.perf_counter) moment the segmenter
     decided the utterance ended: every latency of the prediction is measured from it.
+    ``encoder_hidden``: set by speech-to-text that shares its encoder pass (asr.SharedEncoderASR):
+    the Whisper encoder's state after each of its 4 blocks, (1, L, 384) torch tensors of all of
+    ``audio`` scaled to the voice model's peak level, so the voice model need not encode again.
     """
 
     id: int
@@ -63,6 +66,7 @@ class Utterance:
     split: bool = False  # True when cut at the maximum utterance length (a monologue)
     audio_start_s: float | None = None  # stream time of audio[0]: start_s minus the pre-roll
     timings_ms: dict[str, float] = field(default_factory=dict)
+    encoder_hidden: list | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

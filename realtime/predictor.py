@@ -38,7 +38,10 @@ OUTPUT_LABEL_SET = "meld7"
 MODALITIES = ("text", "audio", "visual")
 PROVENANCE_ITEMS = 3  # provenance entries shown per model at start-up (the checkpoint's mmer.json has all)
 PROVENANCE_CHARS = 60
-MIN_VOICE_S = 0.1  # shorter audio carries no prosody worth classifying (the edge net needs a few frames)
+MIN_VOICE_S = 0.5  # s; shorter audio carries too little prosody to classify (a word or a cough)
+CLIP_LEVEL = 0.99  # |sample| at or above this counts as clipped
+MAX_CLIPPED_FRACTION = 0.01  # more clipped samples than this: the voice is distorted, it abstains
+MIN_VOICE_RMS = 1e-3  # below this RMS (-60 dBFS) the utterance is near-silent: the voice abstains
 
 # Angle of each class on Russell's circumplex (degrees, counter-clockwise from "pleasant"; 90 =
 # "aroused"), from the direct circular scaling of Russell (1980), "A circumplex model of
@@ -92,6 +95,8 @@ class Prediction:
     split: bool = False
     face: dict | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
+    abstained: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The JSON object of docs/live.md ("type": "prediction")."""
@@ -102,7 +107,8 @@ class Prediction:
             "expression": ROS4HRI_EXPRESSION[self.label], "probs": self.probs, "modalities": self.modalities,
             "modality_probs": self.modality_probs, "fusion": self.fusion,
             "valence": round(self.valence, 4), "arousal": round(self.arousal, 4),
-            "confidence": round(self.confidence, 4), "face": self.face,
+            "confidence": round(self.confidence, 4), "face": self.face, "abstained": self.abstained,
+            "weights": {k: round(v, 4) for k, v in self.weights.items()},
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
         }
 
@@ -128,20 +134,34 @@ def model_summary(model: Any, source: str | None) -> str:
 
 
 class Predictor:
-    """Runs and fuses the per-utterance models.
+    """Runs, calibrates and fuses the per-utterance models.
 
     Args:
         text_model: a :class:`mmer.models.teacher.Teacher`, or None.
         voice_model: a :class:`mmer.models.audio_student.AudioStudent`, or None.
         face_label_set: label set of the face path's probabilities (None: no face modality).
         fusion: a ``LateFusion`` or ``ASF`` model, or None for a late fusion built from the
-            modalities' label sets with the default base weights.
+            modalities' label sets with each modality's calibrated reliability as base weight.
         face_feature_dim: width of the face path's ``"visual"`` feature (checked against ASF).
+        face_calibration: the face model's :class:`mmer.calibration.Calibration` (default none).
+        text_neutral_defers: a "neutral" reading of the words is no evidence against an emotion
+            in the voice or face (RAVDESS actors say neutral sentences angrily): when another
+            modality votes, a text model whose top class is neutral abstains.
+
+    Each modality's probabilities are ``softmax(logits / T)`` with the temperature saved in its
+    checkpoint; a modality abstains (weight 0, reason in the prediction's ``abstained``) when its
+    input is out of range (audio too short, clipped or near-silent; no words; no face) or its
+    calibrated confidence is below its checkpoint's ``min_confidence``. A whisper-family voice
+    model is normalised by the speaker's running statistics (mmer.speaker_norm), keyed by
+    ``Utterance.speaker``.
     """
 
     def __init__(self, text_model: Any = None, voice_model: Any = None, face_label_set: str | None = None,
-                 fusion: Any = None, face_feature_dim: int | None = None) -> None:
+                 fusion: Any = None, face_feature_dim: int | None = None, face_calibration: Any = None,
+                 text_neutral_defers: bool = True) -> None:
+        from mmer.calibration import Calibration
         from mmer.models.late_fusion import LateFusion, LateFusionDims
+        from mmer.speaker_norm import SpeakerNormalizer
 
         self.text_model, self.voice_model, self.face_label_set = text_model, voice_model, face_label_set
         self.labels = get_label_set(OUTPUT_LABEL_SET).labels
@@ -151,6 +171,11 @@ class Predictor:
         if not self.source_label_sets:
             raise ValueError("the predictor needs at least one of a text, voice or face model")
         self.maps = {m: get_label_map(s, OUTPUT_LABEL_SET) for m, s in self.source_label_sets.items()}
+        self.calibration = {"text": Calibration.of(text_model), "audio": Calibration.of(voice_model),
+                            "visual": face_calibration or Calibration()}
+        self.text_neutral_defers = text_neutral_defers
+        self.speaker_norm = (SpeakerNormalizer.for_model(voice_model)
+                             if getattr(getattr(voice_model, "dims", None), "family", None) == "whisper" else None)
         self.sources: dict[str, str | None] = {}  # where each model came from (set by load_stack)
         self.asf = None
         if fusion is not None and getattr(fusion, "registry_name", "") == "asf":
@@ -160,7 +185,8 @@ class Predictor:
         if fusion is None:
             # An absent model's slot is never used; its label set only has to be a valid one.
             sets = tuple(self.source_label_sets.get(m, OUTPUT_LABEL_SET) for m in MODALITIES)
-            fusion = LateFusion(LateFusionDims(modalities=MODALITIES, source_label_sets=sets))
+            weights = tuple(self.calibration[m].reliability for m in MODALITIES)
+            fusion = LateFusion(LateFusionDims(modalities=MODALITIES, source_label_sets=sets, base_weights=weights))
         elif getattr(fusion, "registry_name", "") != "late_fusion":
             kind = getattr(fusion, "registry_name", type(fusion).__name__)
             raise ValueError(f"fusion model must be 'late_fusion' or 'asf', got '{kind}'")
@@ -217,35 +243,52 @@ class Predictor:
         """
         src_probs: dict[str, np.ndarray] = {}
         feats: dict[str, torch.Tensor] = {}
+        abstained: dict[str, str] = {}
         timings = utterance.timings_ms
-        if self.text_model is not None and turns and turns[-1].text.strip():
-            t0 = time.perf_counter()
-            prompt = self.text_model.prompt
-            batch = prompt.collate([prompt.encode(list(turns), -1)])
-            device = self.text_model.device
-            out = self.text_model(input_ids=batch["input_ids"].to(device),
-                                  attention_mask=batch["attention_mask"].to(device))
-            src_probs["text"], feats["text"] = out.probs[0].float().cpu().numpy(), out.features["text"]
-            timings["text"] = _ms_since(t0)
-        voice_rate_hz = getattr(getattr(self.voice_model, "dims", None), "sample_rate_hz", SAMPLE_RATE_HZ)
-        min_samples = int(MIN_VOICE_S * voice_rate_hz)
-        if self.voice_model is not None and len(utterance.audio) >= min_samples:
-            t0 = time.perf_counter()
-            wav = torch.from_numpy(np.ascontiguousarray(utterance.audio, dtype=np.float32))[None]
-            out = self.voice_model(wav.to(self.voice_model.device))
-            src_probs["audio"], feats["audio"] = out.probs[0].float().cpu().numpy(), out.features["audio"]
-            timings["voice"] = _ms_since(t0)
-        if self.face_label_set is not None and face is not None:
-            src_probs["visual"] = face.probs
-            if face.feature is not None:
-                feats["visual"] = torch.from_numpy(face.feature)[None]
+        if self.text_model is not None:
+            if turns and turns[-1].text.strip():
+                t0 = time.perf_counter()
+                prompt = self.text_model.prompt
+                batch = prompt.collate([prompt.encode(list(turns), -1)])
+                device = self.text_model.device
+                out = self.text_model(input_ids=batch["input_ids"].to(device),
+                                      attention_mask=batch["attention_mask"].to(device))
+                src_probs["text"] = self.calibration["text"].probs(out.logits[0].float().cpu().numpy())
+                feats["text"] = out.features["text"]
+                timings["text"] = _ms_since(t0)
+            else:
+                abstained["text"] = "no words"
+        if self.voice_model is not None:
+            reason = voice_input_problem(utterance.audio)
+            if reason:
+                abstained["audio"] = reason
+            else:
+                t0 = time.perf_counter()
+                src_probs["audio"], feats["audio"] = self._voice(utterance)
+                timings["voice"] = _ms_since(t0)
+        if self.face_label_set is not None:
+            if face is not None:
+                src_probs["visual"] = face.probs
+                if face.feature is not None:
+                    feats["visual"] = torch.from_numpy(face.feature)[None]
+            else:
+                abstained["visual"] = "no face"
 
         t0 = time.perf_counter()
+        for m, p in src_probs.items():
+            floor = self.calibration[m].min_confidence
+            if float(np.max(p)) < floor:
+                abstained[m] = f"confidence {float(np.max(p)):.2f} below its calibrated {floor:.2f}"
         mapped = {m: self.maps[m].map_probs(p) for m, p in src_probs.items()}
-        fused, fusion = self._fuse(mapped, feats)
+        voting = [m for m in mapped if m not in abstained]
+        if (self.text_neutral_defers and "text" in voting and len(voting) > 1
+                and self.labels[int(np.argmax(mapped["text"]))] == "neutral"):
+            abstained["text"] = "words read as neutral: no evidence against the voice or face"
+            voting.remove("text")
+        fused, fusion, weights = self._fuse({m: mapped[m] for m in voting}, {m: feats[m] for m in voting if m in feats})
         timings["fusion"] = _ms_since(t0)
 
-        present = [m for m in MODALITIES if m in mapped]
+        present = [m for m in MODALITIES if m in voting]
         best = int(np.argmax(fused))
         valence, arousal = valence_arousal(fused, self.labels)
         face_info = None if face is None else {"frames": face.frames, "faces": face.faces,
@@ -253,26 +296,59 @@ class Predictor:
         return Prediction(
             utterance_id=utterance.id, start_s=utterance.start_s, end_s=utterance.end_s, speaker=utterance.speaker,
             text=utterance.text, label=self.labels[best], probs=_probs_dict(fused, self.labels),
-            modality_probs={m: _probs_dict(mapped[m], self.labels) for m in present}, modalities=present,
-            valence=valence, arousal=arousal, confidence=float(fused[best]) if present else 0.0,
-            fusion=fusion if present else "none", split=utterance.split, face=face_info)
+            modality_probs={m: _probs_dict(mapped[m], self.labels) for m in MODALITIES if m in mapped},
+            modalities=present, valence=valence, arousal=arousal,
+            confidence=float(fused[best]) if present else 0.0, fusion=fusion if present else "none",
+            split=utterance.split, face=face_info, abstained=abstained, weights=weights)
 
-    def _fuse(self, mapped: dict[str, np.ndarray], feats: dict[str, torch.Tensor]) -> tuple[np.ndarray, str]:
-        """(C,) fused probabilities over meld7 and the fusion used ("asf", "late", "single")."""
+    def _voice(self, utterance: Utterance) -> tuple[np.ndarray, torch.Tensor]:
+        """Calibrated voice probabilities (S,) and feature (1, D); the whisper family reuses the
+        shared encoder pass of speech-to-text when the utterance carries it."""
+        model = self.voice_model
+        wav = torch.from_numpy(np.ascontiguousarray(utterance.audio, dtype=np.float32))[None].to(model.device)
+        if self.speaker_norm is None:
+            out = model(wav)
+        else:
+            hidden = getattr(utterance, "encoder_hidden", None)
+            max_samples = int(model.dims.max_audio_s * model.dims.sample_rate_hz)
+            wav = wav[:, :max_samples]
+            pooled = model.encode_whisper(wav, torch.ones_like(wav), hidden=hidden)
+            mean, std = self.speaker_norm.update(utterance.speaker, pooled[0].float().cpu().numpy())
+            out = model.classify(pooled, torch.from_numpy(mean).to(model.device), torch.from_numpy(std).to(model.device))
+        return self.calibration["audio"].probs(out.logits[0].float().cpu().numpy()), out.features["audio"]
+
+    def _fuse(self, mapped: dict[str, np.ndarray],
+              feats: dict[str, torch.Tensor]) -> tuple[np.ndarray, str, dict[str, float]]:
+        """(C,) fused probabilities over meld7, the fusion used ("asf", "late", "single", "none")
+        and the weight each voting modality received."""
         if self.asf is not None and "text" in feats:
             dev = self.asf.device
             out = self.asf(text=feats["text"].to(dev),
                            audio=feats["audio"].to(dev) if "audio" in feats else None,
                            visual=feats["visual"].to(dev) if "visual" in feats else None)
             probs = out.probs[0].float().cpu().numpy()
-            return get_label_map(self.asf.label_set, OUTPUT_LABEL_SET).map_probs(probs), "asf"
+            return get_label_map(self.asf.label_set, OUTPUT_LABEL_SET).map_probs(probs), "asf", {}
         if not mapped:
-            return np.full(len(self.labels), 1.0 / len(self.labels), dtype=np.float32), "none"
+            return np.full(len(self.labels), 1.0 / len(self.labels), dtype=np.float32), "none", {}
         dev = self.late_fusion.device
         probs = {m: torch.from_numpy(p)[None].to(dev) for m, p in mapped.items()}
         covered = {m: torch.from_numpy(self.maps[m].covered()).to(dev) for m in mapped}
         out = self.late_fusion(probs, covered=covered)
-        return out.probs[0].float().cpu().numpy(), "late" if len(mapped) > 1 else "single"
+        weights = {m: float(w) for m, w in zip(self.late_fusion.dims.modalities, out.features["weights"][0])
+                   if m in mapped}
+        return out.probs[0].float().cpu().numpy(), "late" if len(mapped) > 1 else "single", weights
+
+
+def voice_input_problem(audio: np.ndarray) -> str:
+    """Why ``audio`` (n,) at 16 kHz is out of range for the voice model, or "" when it is fine."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if len(audio) < MIN_VOICE_S * SAMPLE_RATE_HZ:
+        return f"too short ({len(audio) / SAMPLE_RATE_HZ:.2f} s < {MIN_VOICE_S} s)"
+    if float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < MIN_VOICE_RMS:
+        return "near-silent"
+    if float(np.mean(np.abs(audio) >= CLIP_LEVEL)) > MAX_CLIPPED_FRACTION:
+        return "clipped"
+    return ""
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -315,6 +391,8 @@ def load_stack(models: Any, predictor: Predictor | None = None, face_model: Any 
     Returns (predictor, face model or False when the face modality is off). The predictor's
     ``sources`` names where each model came from (for the start-up report).
     """
+    from mmer.calibration import Calibration
+
     if face_model is None:
         face_model = load_face_model(models.face, models.device) if models.face else False
     if predictor is None:
@@ -324,6 +402,7 @@ def load_stack(models: Any, predictor: Predictor | None = None, face_model: Any 
             voice_model=load_model("voice", models.voice, models.device) if models.voice else None,
             face_label_set=getattr(student, "label_set", None) if face_model else None,
             face_feature_dim=getattr(getattr(student, "dims", None), "kd_dim", None),
+            face_calibration=Calibration.of(student) if face_model else None,
             fusion=load_model("fusion", models.fusion, models.device) if models.fusion else None)
         predictor.sources = {"text": models.text, "voice": models.voice,
                              "face": models.face if face_model else None, "fusion": models.fusion}

@@ -5,6 +5,7 @@
     mmer-train fusion  --config configs/meld_fusion.yaml teacher=... audio_student=... visual_student=...
     mmer-train msa --model derl|mmiln|cenet|cmath --data MOSI/unaligned_50.pkl [--config derl_mosi] [--seeds 1 2 3]
     mmer-eval runs/teacher/checkpoint --data meld --split test --data-root /data/MELD --json out.json
+    mmer-eval default-voice --data ravdess --data-root ../shared/eval/ravdess_speech --json ev/voice.json
 
 Multi-GPU (data parallel, through torchrun; see mmer.training.trainer)::
 
@@ -23,9 +24,12 @@ from pathlib import Path
 from mmer.checkpoint import CheckpointError
 from mmer.config import ConfigError
 from mmer.extras import MissingExtra
-from mmer.training.datasets import DatasetError
+from mmer.training.datasets import DatasetError, dataset_names
 
 EXIT_USAGE = 2
+NEUTRAL = "neutral"
+# DailyDialog is 82 % neutral; its ERC convention scores micro-F1 over the other six classes.
+WITHOUT_NEUTRAL_DATASETS = ("dailydialog",)
 # Errors that mean "the user's settings or files are wrong": reported in one line, exit code 2.
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, MissingExtra, FileExistsError, FileNotFoundError)
 
@@ -117,6 +121,11 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     probabilities go through the explicit map of mmer.labels (e.g. emodb7 -> meld7). A sample
     whose clip is unusable gets the model's no-evidence answer (uniform probabilities) and is
     counted in ``n_without_input``.
+
+    Besides :func:`mmer.metrics.classification_metrics` the metrics hold ``ua`` (unweighted
+    accuracy: mean recall over the classes in the truth) and ``wa`` (weighted accuracy = plain
+    accuracy); on DailyDialog also ``micro_f1_without_neutral`` with its ``micro_precision_`` and
+    ``micro_recall_without_neutral``. Evaluation-only sets (ravdess, dailydialog) have only "test".
     """
     import numpy as np
     import torch
@@ -124,7 +133,8 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     import mmer
     from mmer.checkpoint import read_meta, resolve
     from mmer.labels import get_label_map, get_label_set
-    from mmer.metrics import classification_metrics, format_report
+    from mmer.metrics import classification_metrics, micro_f1_excluding, unweighted_accuracy
+    from mmer.training.datasets import dataset_class
     from mmer.training.recipes import DataConfig
     from mmer.training.stages import MODALITY_OF, build_split, label_set_of, run_frozen
     from mmer.training.trainer import resolve_device
@@ -147,16 +157,23 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     else:
         raise EvalError(f"mmer-eval has no input pipeline for a '{kind}' model; it scores teacher, audio_student, "
                         f"visual_student and asf checkpoints")
-    if data == "emodb" and set(parts) != {"audio"}:
-        raise EvalError(f"EmoDB has only audio with labels; a '{kind}' model cannot be scored on it")
+    corpus = dataset_class(data)
+    if not set(parts) <= set(corpus.labelled_modalities):
+        raise EvalError(f"{corpus.title} has only {' and '.join(corpus.labelled_modalities)} with labels; a '{kind}' "
+                        f"model reads {' and '.join(parts)} and cannot be scored on it")
     if "visual" in parts:
         vdims = read_meta(parts["visual"])["dims"]
         cfg = replace(cfg, frame_size_px=vdims["image_size"], n_frames=vdims["num_frames"],
                       face_crop=vdims["family"] == "edge")
     data_labels = label_set_of(cfg)
-    dataset = build_split(cfg, split, tuple(parts))
+    try:
+        dataset = build_split(cfg, split, tuple(parts))
+    except ValueError as e:  # a split, fold or modality the corpus does not have (DatasetError included)
+        raise EvalError(str(e)) from None
     if not len(dataset):
-        raise EvalError(f"{data} {split}: no samples to score")
+        raise EvalError(f"{data} {split} (fold {fold}): no samples to score"
+                        + ("; TESS without --fold keeps both speakers in train, pass --fold 0 or 1"
+                           if data == "tess" and fold is None else ""))
     outputs = {m: run_frozen(mmer.load(path, device=str(dev)), dataset, dataset.samples, batch_size, dev)
                for m, path in parts.items()}
     if kind == "asf":
@@ -183,42 +200,113 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
         raise EvalError(f"the model predicts '{model_labels}' and the data is labelled '{data_labels}': {e}") from None
     pred = label_map.map_probs(probs).argmax(axis=-1)
     true = np.array([s.label for s in dataset.samples])
-    metrics = classification_metrics(true, pred, get_label_set(data_labels).labels)
+    labels = get_label_set(data_labels)
+    metrics = classification_metrics(true, pred, labels.labels)
+    metrics.update({"ua": unweighted_accuracy(true, pred), "wa": metrics["accuracy"]})
+    if data in WITHOUT_NEUTRAL_DATASETS:
+        prf = micro_f1_excluding(true, pred, excluded=labels.index(NEUTRAL))
+        metrics.update({f"micro_{k}_without_neutral": v for k, v in prf.items()})
     metrics.update({"model": str(model), "model_type": kind, "model_label_set": model_labels, "data": data,
                     "split": split, "label_map": label_map.note, "n_without_input": absent,
                     "skipped": len(dataset.skipped)})
-    title = f"{kind} {model} on {data} {split} (n={metrics['n']}, without input: {absent})"
-    return metrics, f"{title}\n{format_report(metrics)}"
+    return metrics, eval_report(metrics)
+
+
+def evaluate_default(data: str, split: str, root: str, limit: int = 0) -> tuple[dict, str]:
+    """Score the whole default live stack (``mmer-eval default``): the fused label, and each
+    modality's own calibrated label on the same run (mmer.training.stack_eval)."""
+    from mmer.labels import get_label_set
+    from mmer.metrics import classification_metrics, micro_f1_excluding, unweighted_accuracy
+    from mmer.training.stack_eval import evaluate_stack
+
+    try:
+        results, info = evaluate_stack(data, split, root, limit)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    labels = get_label_set("meld7")
+    scored = {}
+    for name, r in results.items():
+        m = classification_metrics(r["true"], r["pred"], labels.labels)
+        m.update({"ua": unweighted_accuracy(r["true"], r["pred"]), "wa": m["accuracy"]})
+        if data in WITHOUT_NEUTRAL_DATASETS:
+            prf = micro_f1_excluding(r["true"], r["pred"], excluded=labels.index(NEUTRAL))
+            m.update({f"micro_{k}_without_neutral": v for k, v in prf.items()})
+        m.update({"model": "default" if name == "fused" else f"default ({name} alone)",
+                  "model_type": "stack" if name == "fused" else name, "data": data, "split": split,
+                  "n_without_input": 0})
+        scored[name] = m
+    metrics = dict(scored["fused"])
+    metrics.update({"modalities": {k: v for k, v in scored.items() if k != "fused"}, **info})
+    parts = [eval_report(scored["fused"])]
+    parts += [eval_report(v) for k, v in scored.items() if k != "fused"]
+    parts.append(f"abstentions: {info['abstained'] or 'none'}; order: {info['order']}")
+    return metrics, "\n\n".join(parts)
+
+
+def eval_title(metrics: dict) -> str:
+    """One line naming what was scored: model, data, split, counts."""
+    return (f"{metrics['model_type']} {metrics['model']} on {metrics['data']} {metrics['split']} "
+            f"(n={metrics['n']}, without input: {metrics['n_without_input']})")
+
+
+def eval_report(metrics: dict) -> str:
+    """The title, the per-class table, then UA / WA (and micro-F1 without neutral when scored)."""
+    from mmer.metrics import format_report
+
+    lines = [eval_title(metrics), format_report(metrics),
+             f"UA (unweighted accuracy, mean recall) {metrics['ua']:.4f}   WA (weighted accuracy) {metrics['wa']:.4f}"]
+    if "micro_f1_without_neutral" in metrics:
+        lines.append(f"micro-F1 without neutral {metrics['micro_f1_without_neutral']:.4f}   "
+                     f"(precision {metrics['micro_precision_without_neutral']:.4f}, "
+                     f"recall {metrics['micro_recall_without_neutral']:.4f})")
+    return "\n".join(lines)
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of ``mmer-eval MODEL --data NAME --split SPLIT --data-root DIR [--json OUT]``."""
     parser = argparse.ArgumentParser(
         prog="mmer-eval", description="Score a checkpoint folder or an embedded default on a dataset split: "
-        "per-class report, weighted/macro F1, accuracy.")
-    parser.add_argument("model", help="checkpoint folder or embedded default name")
-    parser.add_argument("--data", required=True, choices=["meld", "iemocap", "emodb"])
-    parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
+        "per-class report, weighted/macro F1, accuracy, UA/WA; on DailyDialog micro-F1 without neutral. "
+        "ravdess and dailydialog are evaluation-only sets (split test).")
+    parser.add_argument("model", help="checkpoint folder, embedded default name, or 'default' for the whole "
+                        "default live stack (calibrated modalities + fusion) over the set's audio and/or text")
+    parser.add_argument("--data", required=True, choices=dataset_names())
+    parser.add_argument("--split", default="test", choices=["train", "dev", "test"],
+                        help="default test (the only split of ravdess and dailydialog)")
     parser.add_argument("--data-root", required=True, help="corpus folder")
     parser.add_argument("--clips-root", help="MELD clip folders when not under --data-root")
-    parser.add_argument("--fold", type=int, help="EmoDB leave-one-speaker-out fold (default: the fixed split)")
+    parser.add_argument("--fold", type=int, help="EmoDB leave-one-speaker-out fold 0-9 (default: the fixed "
+                        "split); TESS held-out test speaker 0 (OAF) or 1 (YAF)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N samples")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="write the metrics here")
+    parser.add_argument("--json", help="write the metrics here, and the confusion matrix next to it (.png)")
     args = parser.parse_args(argv)
     _setup_logging()
     try:
-        metrics, report = evaluate_checkpoint(args.model, data=args.data, split=args.split, root=args.data_root,
-                                              clips_root=args.clips_root, fold=args.fold, limit=args.limit,
-                                              batch_size=args.batch_size, device=args.device)
+        if args.model == "default":
+            metrics, report = evaluate_default(args.data, args.split, args.data_root, args.limit)
+        else:
+            metrics, report = evaluate_checkpoint(args.model, data=args.data, split=args.split, root=args.data_root,
+                                                  clips_root=args.clips_root, fold=args.fold, limit=args.limit,
+                                                  batch_size=args.batch_size, device=args.device)
     except (EvalError, *USER_ERRORS) as e:
         print(f"mmer-eval: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(report)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        from mmer.metrics import save_confusion_png
+
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        try:
+            png = save_confusion_png(metrics["confusion"], metrics["labels"], out.with_suffix(".png"),
+                                     title=f"{metrics['model']} on {metrics['data']} {metrics['split']}")
+        except MissingExtra as e:
+            print(f"mmer-eval: metrics -> {out}; no confusion matrix: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"mmer-eval: metrics -> {out}, confusion matrix -> {png}")
     return 0
 
 

@@ -13,12 +13,14 @@ Rules every dataset follows (REFERENCE.md section 2, defects 2-5 and 8):
 - audio is decoded to 16 kHz mono, cut to a stated cap and later padded with a mask (never
   left-padded with zeros and fed without a mask); frames are RGB, sampled uniformly.
 
-Datasets register in :data:`mmer.registry.DATASETS` ("meld", "iemocap", "emodb");
-:func:`build_dataset` imports them so the registry is filled.
+Datasets register in :data:`mmer.registry.DATASETS` ("meld", "iemocap", "emodb", "tess" for
+training; "ravdess", "dailydialog" for evaluation only, shared/eval/README.md); :func:`build_dataset`
+imports them so the registry is filled.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib
 import logging
 from collections import Counter
@@ -41,7 +43,9 @@ DEFAULT_MAX_AUDIO_S = 20.0        # s; TelME kept 400,000 samples at 22.05 kHz (
 DEFAULT_N_FRAMES = 8              # TimeSformer-base reads 8 frames
 DEFAULT_FRAME_SIZE_PX = 224       # TimeSformer-base input side
 SILENCE_PEAK = 1e-4               # |sample| below this everywhere = a silent clip (MELD test has some)
-DATASET_MODULES = ("mmer.training.meld", "mmer.training.iemocap", "mmer.training.emodb")
+DATASET_MODULES = ("mmer.training.meld", "mmer.training.iemocap", "mmer.training.emodb", "mmer.training.tess",
+                   "mmer.training.ravdess", "mmer.training.dailydialog")
+EVAL_SPLIT = "test"               # the only split of an evaluation-only set
 
 
 class DatasetError(ValueError):
@@ -130,6 +134,23 @@ def require_paths(root: Path, required: Sequence[str], layout: str, what: str) -
             raise DatasetError(f"{what}: missing {root / rel}. Expected layout under {root}:\n{layout}")
 
 
+def read_labels_csv(path: Path, columns: Sequence[str], what: str) -> list[dict[str, str]]:
+    """Rows of a corpus' labels CSV (UTF-8, BOM tolerated), values stripped; a missing column raises."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{what}: {path} lacks columns {missing}; expected at least {list(columns)}")
+        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+
+
+def require_eval_split(split: str, what: str) -> None:
+    """Refuse any split but ``"test"`` of an evaluation-only set (shared/eval/README.md)."""
+    if split != EVAL_SPLIT:
+        raise DatasetError(f"{what} is an evaluation-only set: it has only the '{EVAL_SPLIT}' split, not '{split}'. "
+                           f"Never train, tune or select checkpoints on it (shared/eval/README.md)")
+
+
 class EmotionDataset:
     """Base of the corpus loaders: a sequence of :class:`Sample` plus clip decoding.
 
@@ -139,6 +160,9 @@ class EmotionDataset:
     """
 
     name = "dataset"
+    title = "dataset"                 # the corpus as written in messages ("EmoDB")
+    # Modalities whose content relates to the label; mmer-eval refuses a model that reads another.
+    labelled_modalities: tuple[str, ...] = MODALITIES
 
     def __init__(self, split: str, modalities: Sequence[str], label_set: str,
                  media_options: MediaOptions | None = None, progress: bool = True) -> None:
@@ -265,8 +289,19 @@ def stack_frames(items: Sequence[ModalityArray]) -> tuple[np.ndarray, np.ndarray
     return np.stack([it.data for it in items]), np.array([bool(it.valid) for it in items], dtype=bool)
 
 
-def build_dataset(name: str, **kwargs: Any) -> EmotionDataset:
-    """Construct the dataset registered as ``name`` ("meld", "iemocap", "emodb") with ``kwargs``."""
+def dataset_names() -> list[str]:
+    """Every registered dataset name (the modules of :data:`DATASET_MODULES` imported first)."""
     for module in DATASET_MODULES:
         importlib.import_module(module)
-    return DATASETS.get(name)(**kwargs)
+    return DATASETS.names()
+
+
+def dataset_class(name: str) -> type[EmotionDataset]:
+    """The class registered as ``name`` (read its ``title`` and ``labelled_modalities``)."""
+    dataset_names()
+    return DATASETS.get(name)
+
+
+def build_dataset(name: str, **kwargs: Any) -> EmotionDataset:
+    """Construct the dataset registered as ``name`` (``DATASETS.names()``) with ``kwargs``."""
+    return dataset_class(name)(**kwargs)

@@ -62,6 +62,8 @@ class EmoDbDataset(EmotionDataset):
     """
 
     name = "emodb"
+    title = "EmoDB"
+    labelled_modalities = ("audio",)
 
     def __init__(self, root: str | Path, split: str = "train", fold: int | None = None, dev_speaker: bool = True,
                  modalities: Sequence[str] = ("audio",), media_options: MediaOptions | None = None,

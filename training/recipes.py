@@ -26,15 +26,18 @@ TELME_KD_DIM = 768
 class DataConfig:
     """Which corpus and split protocol; media settings for audio/visual stages.
 
-    name: meld | iemocap | emodb. root: the corpus folder (MELD: the CSVs; IEMOCAP: the folder
-    holding IEMOCAP_full_release; EmoDB: labels.csv + wav/). clips_root: MELD clip folders when
+    name: meld | iemocap | emodb | tess for training; ravdess | dailydialog are evaluation-only
+    (their one split is "test"). root: the corpus folder (MELD: the CSVs; IEMOCAP: the folder
+    holding IEMOCAP_full_release; EmoDB: labels.csv + wav/; TESS: labels.csv + audio/; RAVDESS:
+    labels.csv + wav/; DailyDialog: dailydialog_test.csv). clips_root: MELD clip folders when
     they are not under ``root``. limit: keep the first N samples of every split (0 = all), for
-    smoke runs. fold: EmoDB leave-one-speaker-out fold (None = the fixed split). classes:
+    smoke runs. fold: EmoDB leave-one-speaker-out fold (None = the fixed split); TESS held-out
+    speaker 0 (OAF) or 1 (YAF) (None = both speakers in train); refused for other corpora. classes:
     IEMOCAP 6 or 4. keep_decoded: keep decoded clips in memory across epochs (student stage,
     num_workers 0): for small corpora such as EmoDB (535 clips x <= 10 s, ~170 MB float32).
     """
 
-    name: Literal["meld", "iemocap", "emodb"] = "meld"
+    name: Literal["meld", "iemocap", "emodb", "tess", "ravdess", "dailydialog"] = "meld"
     root: str = "data/MELD"
     clips_root: str | None = None
     label_set: str = "meld7"
@@ -106,6 +109,23 @@ class StudentModelConfig:
 
 
 @dataclass
+class VoiceConfig:
+    """The whisper-family voice student (training/voice.py): extra training corpora and augmentation.
+
+    extra: corpus name -> root, added whole to train (e.g. {tess: ../shared/data/TESS}); dev and
+    test come from ``data`` (the primary corpus's held-out speakers). augment: fields of
+    mmer.training.augment.AugmentConfig (copies = augmented copies per clip of the primary corpus);
+    extra_copies: augmented copies per clip of the extra corpora (they are larger).
+    licence_note: recorded in the checkpoint's provenance (what the training data allows).
+    """
+
+    extra: dict = field(default_factory=dict)
+    augment: dict = field(default_factory=dict)
+    extra_copies: int = 1
+    licence_note: str = ""
+
+
+@dataclass
 class StudentRecipe:
     """`mmer-train student`: an audio or visual student distilled from a frozen teacher (eq. 6).
 
@@ -117,6 +137,7 @@ class StudentRecipe:
     model: StudentModelConfig = field(default_factory=StudentModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-5, epochs=10, batch_size=4))
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
     teacher: str | None = None
     cache_dir: str | None = None   # frozen-model output cache; default $MMER_CACHE_DIR or ~/.cache/mmer
     out: str = "runs/student"

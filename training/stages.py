@@ -44,11 +44,13 @@ SPLIT_NAMES = ("train", "dev", "test")
 
 # -- data ---------------------------------------------------------------------------------
 def label_set_of(data: DataConfig) -> str:
-    """The label set a corpus config trains on."""
+    """The label set a corpus config trains on (or is scored in)."""
     if data.name == "emodb":
         return "emodb7"
     if data.name == "iemocap":
         return f"iemocap{data.classes}"
+    if data.name in ("tess", "ravdess", "dailydialog"):  # their loaders read MELD's names only
+        return "meld7"
     return data.label_set
 
 
@@ -66,8 +68,10 @@ def build_split(data: DataConfig, split: str, modalities: Sequence[str], progres
         kwargs.update(clips_root=data.clips_root, label_set=data.label_set, probe_cache_dir=data.probe_cache_dir)
     elif data.name == "iemocap":
         kwargs.update(classes=data.classes)
-    elif data.name == "emodb":
+    elif data.name in ("emodb", "tess"):
         kwargs.update(fold=data.fold)
+    if data.fold is not None and "fold" not in kwargs:
+        raise ConfigError(f"data.fold={data.fold}: only emodb and tess have folds, not {data.name}")
     ds = build_dataset(data.name, **kwargs)
     if data.limit > 0:
         ds.samples = ds.samples[:data.limit]
@@ -222,6 +226,10 @@ def run_frozen(model, dataset: EmotionDataset, samples: Sequence[Sample], batch_
     modality = MODALITY_OF.get(model.registry_name)
     if modality is None:
         raise ValueError(f"no input pipeline for a '{model.registry_name}' model")
+    if getattr(model.dims, "family", None) == "whisper":  # speaker-normalised: speakers met in order
+        from mmer.training.voice import speaker_causal_outputs
+
+        return speaker_causal_outputs(model, dataset, samples)
     model.eval()
     out: dict[str, list] = {"logits": [], "feature": [], "present": []}
     for start in range(0, len(samples), batch_size):
@@ -352,6 +360,10 @@ def student_step(modality: str, recipe: StudentRecipe, class_weights: torch.Tens
 
 def run_student(recipe: StudentRecipe, resume: bool = False) -> dict:
     """Distil an audio or visual student from a frozen teacher (or train it on labels alone)."""
+    if recipe.model.variant == "whisper":  # frozen encoder: cached features, a head (training/voice.py)
+        from mmer.training.voice import run_whisper_student
+
+        return run_whisper_student(recipe, resume)
     modality = recipe.model.modality
     distil = bool(recipe.loss.alpha or recipe.loss.beta)
     if distil and not recipe.teacher:

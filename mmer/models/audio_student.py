@@ -5,6 +5,14 @@ section 3.2.3 with eqs (6)-(15) by the trainer): one interface, two families.
 The utterance feature F_a is the MASKED MEAN over valid frames, not the first frame the
 authors' code took (REFERENCE.md section 2, defect 3), projected to the KD width.
 
+``family="whisper"``: the frozen Whisper tiny.en encoder that ships offline (mmer.whisper),
+cut after ``whisper_layers`` blocks, mean-pooled over the utterance's frames; only a linear head
+trains. Its pooled feature is z-normalised with the speaker's own running statistics
+(:class:`mmer.speaker_norm.SpeakerNormalizer`): recording and speaker differences dominate raw
+Whisper statistics, so without them a model trained on one corpus collapses on another
+(REFERENCE.md section 8; docs/voice.md). Without a speaker history the checkpoint's prior
+(training statistics) is used.
+
 ``family="edge"``: a compact log-mel network for robots and kiosks (0.45 M parameters; a 5 s
 clip costs ~7 ms of one core in eager torch, ~4-5 ms in ONNX Runtime, measured on a shared
 2-vCPU AMD EPYC VM under load): log-mel -> per-utterance normalisation -> depthwise-separable
@@ -45,6 +53,8 @@ MAX_MASK_FRACTION = 0.2            # one SpecAugment stripe covers at most this 
 # group-norm conv stacks (wav2vec2-base, hubert-base) normalise over time, padding included:
 # those run one utterance at a time, trimmed to its valid length.
 PADDING_EXACT_MODEL_TYPES = ("wav2vec2", "hubert")
+SILENT_PEAK = 1e-4                 # whisper family: a clip's peak is floored here before scaling
+STD_FLOOR = 1e-3                   # whisper family: smallest per-feature std used to z-normalise
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class AudioStudentDims:
     folder or hub name. The rest sizes the edge network (10 ms hop -> 100 frames per second).
     """
 
-    family: Literal["hf", "edge"] = "edge"
+    family: Literal["hf", "edge", "whisper"] = "edge"
     label_set: str = "meld7"
     num_labels: int = 7
     kd_dim: int = 768
@@ -80,10 +90,14 @@ class AudioStudentDims:
     spec_freq_mask_bins: int = 8
     spec_time_masks: int = 2
     spec_time_mask_frames: int = 20
+    whisper_layers: int = 2            # whisper family: encoder blocks kept (tiny.en has 4)
+    peak_level: float = 0.5            # whisper family: each clip is scaled to this peak first
+    prior_count: float = 2.0           # whisper family: pseudo-utterances of the prior in speaker statistics
 
     def __post_init__(self) -> None:
-        if self.family not in ("hf", "edge"):
-            raise ValueError(f"AudioStudentDims.family must be 'hf' or 'edge', got {self.family!r}")
+        if self.family not in ("hf", "edge", "whisper"):
+            raise ValueError(f"AudioStudentDims.family must be 'hf', 'edge' or 'whisper', got {self.family!r}")
+
         n = len(get_label_set(self.label_set))
         if n != self.num_labels:
             raise ValueError(f"num_labels={self.num_labels} but label set '{self.label_set}' has {n} labels")
@@ -98,6 +112,12 @@ class AudioStudentDims:
     def for_hf(cls, encoder: str, **changes: Any) -> AudioStudentDims:
         """Dims for an hf encoder (folder or hub name) with the hf duration cap (30 s)."""
         return replace(cls(family="hf", encoder=encoder, max_audio_s=HF_MAX_AUDIO_S, dropout=0.1), **changes)
+
+    @classmethod
+    def for_whisper(cls, **changes: Any) -> AudioStudentDims:
+        """Dims for the frozen Whisper tiny.en encoder (``encoder``: a CTranslate2 Whisper folder,
+        empty = the packaged one) with a 10 s cap."""
+        return replace(cls(family="whisper", kd_dim=384, dropout=0.1), **changes)
 
     @classmethod
     def for_edge(cls, **changes: Any) -> AudioStudentDims:
@@ -298,6 +318,14 @@ class AudioStudent(MmerModel):
         if dims.family == "edge":
             self.encoder = EdgeEncoder(dims)
             pooled_dim = self.encoder.out_dim
+        elif dims.family == "whisper":
+            from mmer.whisper import WhisperEncoder, frozen
+
+            self.encoder = frozen(WhisperEncoder(keep_layers=dims.whisper_layers).load_ctranslate2(dims.encoder or None))
+            pooled_dim = self.encoder.dims.width
+            # Speaker statistics prior: mean and variance of the pooled feature over the training set.
+            self.register_buffer("prior_mean", torch.zeros(pooled_dim))
+            self.register_buffer("prior_var", torch.ones(pooled_dim))
         else:
             from transformers import AutoConfig, AutoModel
 
@@ -329,8 +357,8 @@ class AudioStudent(MmerModel):
     @classmethod
     def from_pretrained(cls, dims: AudioStudentDims) -> AudioStudent:
         """hf: load the pretrained encoder from ``dims.encoder`` (folder, or hub name / cache);
-        edge: the architecture with random weights. Projection and classifier start random."""
-        if dims.family == "edge":
+        whisper: the packaged Whisper weights; edge: random weights. The head starts random."""
+        if dims.family in ("edge", "whisper"):
             return cls(dims)
         from transformers import AutoFeatureExtractor, AutoModel
 
@@ -352,8 +380,9 @@ class AudioStudent(MmerModel):
 
     @classmethod
     def from_checkpoint(cls, dims: AudioStudentDims, folder: Path) -> AudioStudent:
-        """Rebuild the architecture offline from ``folder/encoder`` (hf) or from ``dims`` (edge)."""
-        if dims.family == "edge":
+        """Rebuild the architecture offline from ``folder/encoder`` (hf), from ``dims`` (edge), or
+        with the packaged Whisper weights (whisper; they are not stored in the checkpoint)."""
+        if dims.family in ("edge", "whisper"):
             return cls(dims)
         from transformers import AutoConfig, AutoFeatureExtractor
 
@@ -384,11 +413,44 @@ class AudioStudent(MmerModel):
         return torch.cat([self.encoder(waveform[i:i + 1, :n]).last_hidden_state.mean(1)
                           for i, n in enumerate(lengths.tolist())])
 
+    def encode_whisper(self, waveform: torch.Tensor, attention_mask: torch.Tensor,
+                       hidden: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T) waveform, (B, T) 0/1 mask -> (B, 384) mean of the kept block's valid frames.
+
+        hidden: the encoder's per-block states of this very utterance (B = 1), computed already
+        by speech-to-text's shared encoder pass; then the encoder does not run again.
+        """
+        if hidden is not None:
+            states = hidden[self.dims.whisper_layers - 1]
+            return states.float().mean(1)
+        lengths = attention_mask.sum(-1).long()
+        mask = attention_mask.to(waveform.dtype)
+        peak = (waveform.abs() * mask).amax(-1, keepdim=True).clamp(min=SILENT_PEAK)
+        states, valid = self.encoder(waveform * mask * (self.dims.peak_level / peak), lengths)
+        return masked_mean(states[-1], valid)
+
+    def classify(self, pooled: torch.Tensor, feature_mean: torch.Tensor | None = None,
+                 feature_std: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> EmotionOutput:
+        """The head on pooled features (B, H). whisper family: z-normalised by the speaker's
+        statistics ``feature_mean`` / ``feature_std`` ((B, H) or (H,); default the prior)."""
+        if self.dims.family == "whisper":
+            mean = self.prior_mean if feature_mean is None else feature_mean
+            std = self.prior_var.sqrt() if feature_std is None else feature_std
+            normed = (pooled - mean) / std.clamp(min=STD_FLOOR)
+        else:
+            normed = pooled
+        feature = self.projection(normed)
+        logits = self.classifier(self.dropout(feature))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return EmotionOutput.from_logits(logits, features={"audio": feature, "audio_pooled": pooled}, loss=loss)
+
     def forward(self, waveform: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> EmotionOutput:
+                labels: torch.Tensor | None = None, feature_mean: torch.Tensor | None = None,
+                feature_std: torch.Tensor | None = None) -> EmotionOutput:
         """waveform (B, T) float32 mono at ``dims.sample_rate_hz``; attention_mask (B, T) 0/1,
         right-padded (None: all valid); labels (B,) class ids -> EmotionOutput with logits (B, C),
-        features {"audio": (B, kd_dim), "audio_pooled": (B, H)}, cross-entropy loss if labels."""
+        features {"audio": (B, kd_dim), "audio_pooled": (B, H)}, cross-entropy loss if labels.
+        feature_mean / feature_std: the speaker's statistics (whisper family; see ``classify``)."""
         max_samples = int(self.dims.max_audio_s * self.dims.sample_rate_hz)
         waveform = waveform[:, :max_samples].float()
         if attention_mask is None:
@@ -396,9 +458,8 @@ class AudioStudent(MmerModel):
         attention_mask = attention_mask[:, :max_samples].to(waveform.dtype)
         if self.dims.family == "edge":
             pooled = self.encoder(waveform, attention_mask)
+        elif self.dims.family == "whisper":
+            pooled = self.encode_whisper(waveform, attention_mask)
         else:
             pooled = self.encode_hf(waveform, attention_mask)
-        feature = self.projection(pooled)
-        logits = self.classifier(self.dropout(feature))
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return EmotionOutput.from_logits(logits, features={"audio": feature, "audio_pooled": pooled}, loss=loss)
+        return self.classify(pooled, feature_mean, feature_std, labels)
