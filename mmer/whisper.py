@@ -147,14 +147,28 @@ class WhisperLogMel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        window = torch.hann_window(N_FFT, dtype=torch.float64)
+        self.register_buffer("window", window.float(), persistent=False)
         self.register_buffer("filters", torch.from_numpy(slaney_mel_filters()), persistent=False)
+        # The same DFT as a strided conv1d with a fixed cos/sin basis, for ONNX (no complex STFT there).
+        k = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2.0 * math.pi * k * torch.arange(N_FFT, dtype=torch.float64)[None, :] / N_FFT
+        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window
+        self.register_buffer("dft_basis", basis.float()[:, None, :], persistent=False)
+
+    def power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, 201, T // 160) |STFT|^2, centred with reflect padding, last frame dropped."""
+        if torch.onnx.is_in_onnx_export():
+            padded = F.pad(waveform[:, None, :], (N_FFT // 2, N_FFT // 2), mode="reflect")
+            re, im = F.conv1d(padded, self.dft_basis, stride=HOP_SAMPLES).chunk(2, dim=1)
+            return (re * re + im * im)[..., :-1]
+        spec = torch.stft(waveform, N_FFT, HOP_SAMPLES, window=self.window, return_complex=True)
+        return spec[..., :-1].abs().square()
 
     def forward(self, waveform: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
         """waveform (B, T) float; num_frames (B,) valid mel frames (default all) -> (B, 80, T // 160)."""
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            spec = torch.stft(waveform.float(), N_FFT, HOP_SAMPLES, window=self.window, return_complex=True)
-            power = spec[..., :-1].abs().square()
+            power = self.power(waveform.float())
             log_spec = torch.log10(torch.clamp(self.filters @ power, min=1e-10))
             if num_frames is None:
                 peak = log_spec.amax(dim=(1, 2), keepdim=True)
@@ -233,7 +247,7 @@ class WhisperEncoder(nn.Module):
             raise ValueError(f"{total / SAMPLE_RATE_HZ:.1f} s of audio exceeds Whisper's 30 s window")
         x = x + self.positions[:length]
         valid = torch.arange(length, device=x.device)[None, :] < self.num_frames(lengths)[:, None]
-        key_padding = None if bool(valid.all()) else ~valid[:, None, None, :]
+        key_padding = ~valid[:, None, None, :]  # always applied: a traced graph must not fix the branch
         hidden = []
         for block in self.blocks:
             x = block(x, key_padding)

@@ -39,9 +39,10 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. segmenter.end_silence_ms=400 (see configs/live.yaml)")
     parser.add_argument("--config", metavar="FILE", help="a live.yaml with settings (defaults <- FILE <- overrides)")
-    parser.add_argument("--asr", choices=("faster-whisper", "hf-whisper", "none"),
-                        help="speech-to-text backend (default faster-whisper with the packaged Whisper tiny.en); "
-                             "'none': no transcription, the host supplies text")
+    parser.add_argument("--asr", choices=("shared-encoder", "faster-whisper", "hf-whisper", "none"),
+                        help="speech-to-text backend (default shared-encoder: the packaged Whisper tiny.en on one "
+                             "encoder pass shared with the voice model; faster-whisper: the same model padded to "
+                             "30 s); 'none': no transcription, the host supplies text")
     parser.add_argument("--asr-model", metavar="DIR", help="speech-to-text model folder (hf-whisper needs one)")
     for name, what in (("text", "text teacher"), ("voice", "voice model"), ("face", "face-expression model")):
         parser.add_argument(f"--{name}-model", metavar="PATH|NAME",

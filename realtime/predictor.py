@@ -309,8 +309,10 @@ class Predictor:
         if self.speaker_norm is None:
             out = model(wav)
         else:
-            hidden = getattr(utterance, "encoder_hidden", None)
             max_samples = int(model.dims.max_audio_s * model.dims.sample_rate_hz)
+            # The shared pass covers the whole utterance; past the voice model's cap it is not
+            # what the model would compute, so the model encodes its own first max_audio_s.
+            hidden = utterance.encoder_hidden if wav.shape[1] <= max_samples else None
             wav = wav[:, :max_samples]
             pooled = model.encode_whisper(wav, torch.ones_like(wav), hidden=hidden)
             mean, std = self.speaker_norm.update(utterance.speaker, pooled[0].float().cpu().numpy())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,8 @@ def evaluate_stack(data: str, split: str, root: str, limit: int = 0, models: Any
     if modalities is None:
         raise ValueError(f"no whole-stack protocol for '{data}'; known: {sorted(MODALITIES_OF_DATA)}")
     models = models or ModelsConfig(face=None)
-    if "audio" not in modalities:
-        models.voice = None
-    if "text" not in modalities:
-        models.text = None
+    models = replace(models, voice=models.voice if "audio" in modalities else None,
+                     text=models.text if "text" in modalities else None)
     predictor, _ = load_stack(models)
     cfg = DataConfig(name=data, root=root, limit=limit)
     dataset = build_split(cfg, split, modalities)

@@ -29,7 +29,7 @@ START_TOL_S = 0.2     # the segmenter back-dates onsets to the first voiced 30 m
 END_TOL_S = 0.35      # webrtcvad may keep a weak final consonant's tail, or lose it
 PREDICTION_KEYS = {"type", "utterance_id", "start_s", "end_s", "speaker", "text", "split", "label_set", "label",
                    "expression", "probs", "modalities", "modality_probs", "fusion", "valence", "arousal",
-                   "confidence", "face", "latency_ms"}
+                   "confidence", "face", "latency_ms", "abstained", "weights"}
 ALWAYS_TIMED = {"capture_to_end_of_speech", "voice", "fusion", "end_of_speech_to_emit"}
 
 
@@ -80,7 +80,10 @@ def check_schema(p: dict) -> None:
     assert set(p) == PREDICTION_KEYS and p["type"] == "prediction" and p["label_set"] == "meld7"
     assert isinstance(p["utterance_id"], int) and p["start_s"] < p["end_s"]
     assert p["label"] in p["probs"] and abs(sum(p["probs"].values()) - 1) < 1e-3
-    assert set(p["modality_probs"]) == set(p["modalities"]) <= {"text", "audio", "visual"}
+    # A modality that ran but abstained keeps its probabilities in modality_probs, with the reason.
+    assert set(p["modalities"]) <= set(p["modality_probs"]) <= {"text", "audio", "visual"}
+    assert set(p["modality_probs"]) - set(p["modalities"]) <= set(p["abstained"])
+    assert set(p["weights"]) == set(p["modalities"]) or p["fusion"] == "asf"
     assert -1 <= p["valence"] <= 1 and -1 <= p["arousal"] <= 1 and 0 <= p["confidence"] <= 1
     assert ALWAYS_TIMED <= set(p["latency_ms"]) and all(v >= 0 for v in p["latency_ms"].values())
     assert ("text" in p["latency_ms"]) == ("text" in p["modalities"])
