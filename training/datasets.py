@@ -191,6 +191,19 @@ class EmotionDataset:
     def _add(self, sample: Sample) -> None:
         self.samples.append(sample)
 
+    def _add_clip(self, uid: str, path: Path, label_name: str, raw_label: str, speaker: str, text: str,
+                  absent: dict[str, str]) -> None:
+        """Add one single-utterance clip (speech corpora), or skip it with the reason: a label
+        outside the label set, or a missing file."""
+        if label_name not in self.labels.labels:
+            self._skip(uid, f"label: '{raw_label}' is not in {self.labels.name}")
+        elif not path.is_file():
+            self._skip(uid, f"missing: {path}")
+        else:
+            self._add(Sample(uid=uid, dialogue_id=path.stem, turns=(Turn(speaker, text),), target_index=0,
+                             label=self.labels.index(label_name), label_name=label_name, speaker=speaker,
+                             audio_path=path, absent=absent))
+
     def _finish_scan(self) -> None:
         """Log one summary line: kept / skipped / degraded counts and the skip reasons."""
         kinds = Counter(reason.split(":")[0] for _, reason in self.skipped + self.degraded)

@@ -24,9 +24,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from mmer.dialogue import Turn
 from mmer.registry import DATASETS
-from mmer.training.datasets import DatasetError, EmotionDataset, MediaOptions, Sample, require_paths
+from mmer.training.datasets import DatasetError, EmotionDataset, MediaOptions, require_paths
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +90,6 @@ class EmoDbDataset(EmotionDataset):
                 continue
             path = self.root / row["file"].strip()
             uid = f"emodb/{path.stem}"
-            name = row["emotion"].strip().lower()
-            if name not in self.labels.labels:
-                self._skip(uid, f"label: '{row['emotion']}' is not in emodb7")
-                continue
-            if not path.is_file():
-                self._skip(uid, f"missing: {path}")
-                continue
-            self._add(Sample(uid=uid, dialogue_id=path.stem, turns=(Turn(speaker, ""),), target_index=0,
-                             label=self.labels.index(name), label_name=name, speaker=speaker, audio_path=path,
-                             absent={"visual": "EmoDB has no video", "text": "EmoDB text carries no label"}))
+            self._add_clip(uid, path, row["emotion"].strip().lower(), row["emotion"], speaker, "",
+                           {"visual": "EmoDB has no video", "text": "EmoDB text carries no label"})
         self._finish_scan()

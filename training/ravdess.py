@@ -18,9 +18,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from mmer.dialogue import Turn
 from mmer.registry import DATASETS
-from mmer.training.datasets import (EmotionDataset, MediaOptions, Sample, read_labels_csv, require_eval_split,
+from mmer.training.datasets import (EmotionDataset, MediaOptions, read_labels_csv, require_eval_split,
                                     require_paths)
 
 log = logging.getLogger(__name__)
@@ -65,14 +64,6 @@ class RavdessDataset(EmotionDataset):
                 self._skip(uid, f"actor: '{row['actor']}' is not an actor number")
                 continue
             speaker = row["actor"].zfill(ACTOR_DIGITS)
-            name = row["emotion_meld"].lower()
-            if name not in self.labels.labels:
-                self._skip(uid, f"label: '{row['emotion_meld']}' is not in {LABEL_SET}")
-                continue
-            if not path.is_file():
-                self._skip(uid, f"missing: {path}")
-                continue
-            self._add(Sample(uid=uid, dialogue_id=path.stem, turns=(Turn(speaker, row["statement"]),),
-                             target_index=0, label=self.labels.index(name), label_name=name, speaker=speaker,
-                             audio_path=path, absent={"visual": "RAVDESS speech has no video"}))
+            self._add_clip(uid, path, row["emotion_meld"].lower(), row["emotion_meld"], speaker, row["statement"],
+                           {"visual": "RAVDESS speech has no video"})
         self._finish_scan()

@@ -24,9 +24,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from mmer.dialogue import Turn
 from mmer.registry import DATASETS
-from mmer.training.datasets import EmotionDataset, MediaOptions, Sample, read_labels_csv, require_paths
+from mmer.training.datasets import EmotionDataset, MediaOptions, read_labels_csv, require_paths
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +85,6 @@ class TessDataset(EmotionDataset):
                 continue
             if speaker not in self.speakers:
                 continue
-            name = row["emotion_meld"].lower()
-            if name not in self.labels.labels:
-                self._skip(uid, f"label: '{row['emotion_meld']}' is not in {LABEL_SET}")
-                continue
-            if not path.is_file():
-                self._skip(uid, f"missing: {path}")
-                continue
-            self._add(Sample(uid=uid, dialogue_id=path.stem, turns=(Turn(speaker, ""),), target_index=0,
-                             label=self.labels.index(name), label_name=name, speaker=speaker, audio_path=path,
-                             absent={"visual": "TESS has no video", "text": "TESS words carry no label"}))
+            self._add_clip(uid, path, row["emotion_meld"].lower(), row["emotion_meld"], speaker, "",
+                           {"visual": "TESS has no video", "text": "TESS words carry no label"})
         self._finish_scan()

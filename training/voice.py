@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from mmer.calibration import Calibration
 from mmer.checkpoint import save_checkpoint
+from mmer.config import from_dict
 from mmer.labels import get_label_map, get_label_set
 from mmer.metrics import classification_metrics, format_report, save_confusion_png
 from mmer.models.audio_student import AudioStudent, AudioStudentDims
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 LABEL_SET = "meld7"
 ORDER_SEED = 0                  # speaker-causal evaluation: the order of each speaker's utterances
 CONFIDENCE_GRID = np.round(np.arange(0.0, 0.61, 0.05), 2)
-FEATURE_BATCH = 1               # clips are encoded one by one, unpadded (as live)
 
 
 # -- features -------------------------------------------------------------------------------
@@ -213,7 +213,10 @@ def _ua(labels: np.ndarray, preds: np.ndarray) -> float:
 
 
 def run_whisper_student(recipe, resume: bool = False) -> dict:
-    """Train, select, calibrate and save a whisper-family voice student (see the module doc)."""
+    """Train, select, calibrate and save a whisper-family voice student (see the module doc).
+
+    ``resume`` is accepted for the student stage's signature; nothing to resume: the cached
+    features make a rerun take seconds."""
     from mmer.training.stages import build_splits
 
     voice = recipe.voice
@@ -222,7 +225,6 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
     torch.manual_seed(recipe.optim.seed)
     labels = get_label_set(LABEL_SET).labels
     dims = AudioStudentDims.for_whisper(label_set=LABEL_SET, num_labels=len(labels), encoder=recipe.model.encoder or "")
-    from mmer.config import from_dict
     dims = from_dict(AudioStudentDims, recipe.model.overrides, "model.overrides", base=dims)
     model = AudioStudent.from_pretrained(dims)
     cache_dir = Path(recipe.cache_dir) if recipe.cache_dir else default_cache_dir() / "voice"
@@ -265,8 +267,7 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
     counts = np.bincount(y_train, minlength=len(labels)).astype(np.float64)
     class_weights = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0),
                                  dtype=torch.float32)
-    head = [p for n, p in model.named_parameters()]
-    opt = torch.optim.AdamW(head, lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(),  # the head only: the encoder is frozen (buffers) lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     x_dev, y_dev = evals["dev"]
     best = (-1.0, None, -1)
