@@ -1,5 +1,5 @@
 """Audio student of TelME (seed 000, section 3.2.2, eq. (4): F_a = AudioEncoder(a_k); distilled in
-section 3.2.3 with eqs (6)-(15) by the trainer): one interface, two families.
+section 3.2.3 with eqs (6)-(15) by the trainer): one interface, three families.
 
 ``family="hf"``: a data2vec-audio / wav2vec2 / HuBERT encoder (TelME uses data2vec-audio-base).
 The utterance feature F_a is the MASKED MEAN over valid frames, not the first frame the
@@ -97,7 +97,6 @@ class AudioStudentDims:
     def __post_init__(self) -> None:
         if self.family not in ("hf", "edge", "whisper"):
             raise ValueError(f"AudioStudentDims.family must be 'hf', 'edge' or 'whisper', got {self.family!r}")
-
         n = len(get_label_set(self.label_set))
         if n != self.num_labels:
             raise ValueError(f"num_labels={self.num_labels} but label set '{self.label_set}' has {n} labels")
