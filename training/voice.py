@@ -267,7 +267,8 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
     counts = np.bincount(y_train, minlength=len(labels)).astype(np.float64)
     class_weights = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0),
                                  dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(),  # the head only: the encoder is frozen (buffers) lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+    # The head only: the frozen encoder's weights are buffers, not parameters.
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     x_dev, y_dev = evals["dev"]
     best = (-1.0, None, -1)
