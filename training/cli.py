@@ -133,7 +133,6 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     import mmer
     from mmer.checkpoint import read_meta, resolve
     from mmer.labels import get_label_map, get_label_set
-    from mmer.metrics import classification_metrics, micro_f1_excluding, unweighted_accuracy
     from mmer.training.datasets import dataset_class
     from mmer.training.recipes import DataConfig
     from mmer.training.stages import MODALITY_OF, build_split, label_set_of, run_frozen
@@ -210,37 +209,40 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
         true = np.array([model_set.index(label_map.map_label(data_set.labels[t])) for t in true])
         pred = probs.argmax(axis=-1)
         data_labels = model_labels
-    labels = get_label_set(data_labels)
-    metrics = classification_metrics(true, pred, labels.labels)
-    metrics.update({"ua": unweighted_accuracy(true, pred), "wa": metrics["accuracy"]})
-    if data in WITHOUT_NEUTRAL_DATASETS:
-        prf = micro_f1_excluding(true, pred, excluded=labels.index(NEUTRAL))
-        metrics.update({f"micro_{k}_without_neutral": v for k, v in prf.items()})
+    metrics = score_labels(true, pred, data_labels, data)
     metrics.update({"model": str(model), "model_type": kind, "model_label_set": model_labels, "data": data,
                     "split": split, "label_map": label_map.note, "n_without_input": absent,
                     "skipped": len(dataset.skipped)})
     return metrics, eval_report(metrics)
 
 
+def score_labels(true, pred, label_set: str, data: str) -> dict:
+    """Every mmer-eval metric of integer labels (N,) over ``label_set``: the classification
+    metrics, UA and WA, and on DailyDialog micro-F1 without neutral."""
+    from mmer.labels import get_label_set
+    from mmer.metrics import classification_metrics, micro_f1_excluding, unweighted_accuracy
+
+    labels = get_label_set(label_set)
+    metrics = classification_metrics(true, pred, labels.labels)
+    metrics.update({"ua": unweighted_accuracy(true, pred), "wa": metrics["accuracy"]})
+    if data in WITHOUT_NEUTRAL_DATASETS:
+        prf = micro_f1_excluding(true, pred, excluded=labels.index(NEUTRAL))
+        metrics.update({f"micro_{k}_without_neutral": v for k, v in prf.items()})
+    return metrics
+
+
 def evaluate_default(data: str, split: str, root: str, limit: int = 0) -> tuple[dict, str]:
     """Score the whole default live stack (``mmer-eval default``): the fused label, and each
     modality's own calibrated label on the same run (mmer.training.stack_eval)."""
-    from mmer.labels import get_label_set
-    from mmer.metrics import classification_metrics, micro_f1_excluding, unweighted_accuracy
     from mmer.training.stack_eval import evaluate_stack
 
     try:
         results, info = evaluate_stack(data, split, root, limit)
     except ValueError as e:
         raise EvalError(str(e)) from None
-    labels = get_label_set("meld7")
     scored = {}
     for name, r in results.items():
-        m = classification_metrics(r["true"], r["pred"], labels.labels)
-        m.update({"ua": unweighted_accuracy(r["true"], r["pred"]), "wa": m["accuracy"]})
-        if data in WITHOUT_NEUTRAL_DATASETS:
-            prf = micro_f1_excluding(r["true"], r["pred"], excluded=labels.index(NEUTRAL))
-            m.update({f"micro_{k}_without_neutral": v for k, v in prf.items()})
+        m = score_labels(r["true"], r["pred"], "meld7", data)
         m.update({"model": "default" if name == "fused" else f"default ({name} alone)",
                   "model_type": "stack" if name == "fused" else name, "data": data, "split": split,
                   "n_without_input": 0})

@@ -35,7 +35,7 @@ from mmer.calibration import Calibration
 from mmer.checkpoint import save_checkpoint
 from mmer.config import from_dict
 from mmer.labels import get_label_map, get_label_set
-from mmer.metrics import classification_metrics, format_report, save_confusion_png
+from mmer.metrics import classification_metrics, format_report, save_confusion_png, unweighted_accuracy
 from mmer.models.audio_student import AudioStudent, AudioStudentDims
 from mmer.speaker_norm import SpeakerNormalizer
 from mmer.training.augment import AugmentConfig, augment
@@ -207,11 +207,6 @@ def _meld_labels(dataset: EmotionDataset) -> np.ndarray:
     return np.array([target.index(label_map.map_label(s.label_name)) for s in dataset.samples], np.int64)
 
 
-def _ua(labels: np.ndarray, preds: np.ndarray) -> float:
-    present = np.unique(labels)
-    return float(np.mean([(preds[labels == c] == c).mean() for c in present]))
-
-
 def run_whisper_student(recipe, resume: bool = False) -> dict:
     """Train, select, calibrate and save a whisper-family voice student (see the module doc).
 
@@ -233,19 +228,18 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
     primary = build_splits(recipe.data, ("audio",), recipe.optim.progress)
     train_sets = [primary["train"]] + [build_dataset(name, root=root, split="train", modalities=("audio",))
                                        for name, root in voice.extra.items()]
-    xs, ys, groups = [], [], []
+    xs, ys, clean_parts = [], [], []
     copies = [aug.copies] + [voice.extra_copies] * len(voice.extra)
     for ds, n_copies in zip(train_sets, copies):
         feats, usable = dataset_features(model, ds, n_copies, aug, cache_dir, recipe.optim.seed)
         y = _meld_labels(ds)
         speakers = np.array([f"{ds.name}/{s.speaker}" for s in ds.samples])
-        for c in range(feats.shape[0]):
+        clean_parts.append(feats[0][usable])
+        for c in range(feats.shape[0]):  # each copy set is normalised by its own per-speaker statistics
             xs.append(speaker_normalise(feats[c][usable], speakers[usable]))
             ys.append(y[usable])
-            groups.append(np.char.add(speakers[usable], f"#{c}"))
     x_train, y_train = np.concatenate(xs), np.concatenate(ys)
-    clean = np.concatenate([dataset_features(model, ds, n, aug, cache_dir, recipe.optim.seed)[0][0]
-                            for ds, n in zip(train_sets, copies)])
+    clean = np.concatenate(clean_parts)  # the prior: statistics of the clean, usable training clips
     model.prior_mean.copy_(torch.from_numpy(clean.mean(0)))
     model.prior_var.copy_(torch.from_numpy(clean.var(0)))
 
@@ -286,7 +280,7 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
         model.eval()
         with torch.no_grad():
             dev_logits = model.classify(torch.from_numpy(x_dev), torch.zeros(1), torch.ones(1)).logits.numpy()
-        dev_ua = _ua(y_dev, dev_logits.argmax(-1))
+        dev_ua = unweighted_accuracy(y_dev, dev_logits.argmax(-1))
         history.append({"epoch": epoch + 1, "loss": float(loss.detach()), "dev_ua": dev_ua})
         log.info("voice epoch %d/%d: loss %.3f, dev UA %.4f", epoch + 1, recipe.optim.epochs, float(loss.detach()), dev_ua)
         if dev_ua > best[0]:
@@ -316,7 +310,7 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
         with torch.no_grad():
             pred = model.classify(torch.from_numpy(x), torch.zeros(1), torch.ones(1)).logits.argmax(-1).numpy()
         m = classification_metrics(y, pred, labels)
-        m["ua"], m["wa"] = _ua(y, pred), m["accuracy"]
+        m["ua"], m["wa"] = unweighted_accuracy(y, pred), m["accuracy"]
         metrics[split] = m
         report.append(f"{split} ({recipe.data.name} held-out speakers, speaker-causal): UA {m['ua']:.4f} "
                       f"WA {m['wa']:.4f}\n{format_report(m)}")
