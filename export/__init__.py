@@ -10,6 +10,6 @@ See docs/export.md.
 
 from mmer.export.exporter import ExportResult, export
 from mmer.export.formats import UnsupportedOption
-from mmer.export.runtime import RUNTIMES, Runtime, RuntimeUnavailable, load_runtime
+from mmer.runtime import RUNTIMES, Runtime, RuntimeUnavailable, load_runtime
 
 __all__ = ["export", "ExportResult", "UnsupportedOption", "load_runtime", "Runtime", "RUNTIMES", "RuntimeUnavailable"]

@@ -1,15 +1,34 @@
-"""``mmer-bench models``: latency of every zoo model on every backend, against a TelME-size stack.
+"""``mmer-bench models [MODEL_OR_EXPORT ...]``: latency of your models on every backend of this machine.
 
-For each model (teacher, audio student, visual student, ASF at their default sizes) and backend
-(torch eager FP32; ONNX Runtime FP32 / FP16 / INT8 dynamic / INT8 static; on CUDA also torch
-with ``torch.compile`` and CUDA graphs) it reports size, p50/p95/p99 latency at batch 1 after a
-warm-up, over realistic shapes (teacher prompts built from MELD dev dialogues, so context
-lengths are MELD's; 1-8 s audio with MELD's utterance durations; 8 frames), and throughput at
-batch 8. In the same run it times the TelME deployment (RoBERTa-large, data2vec-audio-base,
-TimeSformer-base, built from transformers configs with random weights, PyTorch eager FP32), so
-every row is also a ratio against the paper's stack. Timing: ``time.perf_counter`` around each
-call; percentiles over all timed calls. Writes OUT.json, OUT.md (one table per device) and
-OUT.png (latency histograms).
+Positional artefacts are checkpoint folders, embedded default names (``default-text``,
+``default-voice``, ``default-face``) or export folders written by ``mmer-export``; without any,
+the zoo defaults are timed (``--models teacher,audio,visual,asf``; a default that is not
+installed is replaced by its architecture with random weights). Every model is timed on every
+backend that runs here, the ultralytics ``benchmark`` habit:
+
+* a checkpoint or zoo model: torch eager FP32, and each ONNX Runtime format of ``--formats``
+  (exported into a temporary folder with :func:`mmer.export.export`, parity off), on the CPU;
+  on CUDA also torch with ``torch.compile`` and CUDA graphs, and the TensorRT / TensorRT-RTX
+  engines of ``--engines`` when their libraries import and a GPU is present (else a skip note);
+* an export folder: the runtime its card names (model.json ``runtime``) and, when it holds
+  model.onnx and that runtime is not ONNX Runtime, ONNX Runtime on that graph as well.
+
+Every backend is opened with :func:`mmer.runtime.load_runtime` and called through the one
+runtime interface (numpy in, numpy out, so conversion costs count for every backend alike).
+Inputs come from the model's own contract (:mod:`mmer.contract`): ``model.example_inputs``
+(teacher: MELD dev prompts in their dialogue context; audio: 1-8 s speech; visual: 8 frames;
+ASF: student-like features). For an export folder they come from its source checkpoint
+(model.json ``provenance.source``) when that loads, else from the card's model class rebuilt
+from its dims, else they are random tensors shaped by the card's contract (batch 1, other
+symbolic axes :data:`RANDOM_AXIS_LENGTH`), which the row's notes say.
+
+Timing: ``time.perf_counter`` around each call after a warm-up; p50/p95/p99 over all timed
+batch-1 calls, throughput at batch :data:`THROUGHPUT_BATCH` from the median batch time. In the
+same run the TelME deployment (RoBERTa-large, data2vec-audio-base, TimeSformer-base from
+transformers configs with random weights, PyTorch eager FP32) reads the prompt lengths and
+clips of the benchmarked text and audio models (contract modality ``text`` / ``audio``), so
+every row of those modalities is also a ratio against the paper's stack. Writes OUT.json,
+OUT.md (one table per device) and OUT.png (one latency histogram per model, log-scale x).
 """
 
 from __future__ import annotations
@@ -22,66 +41,210 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from mmer.export.runtime import Runtime, TorchRuntime, load_runtime
-from mmer.export.samples import (AUDIO_MAX_S, AUDIO_MIN_S, SampleDataError, collate, meld_dev_utterances,
-                                 model_samples, teacher_samples)
+from mmer.contract import Contract, collate
+from mmer.extras import MissingExtra
+from mmer.runtime import (MODEL_FILE, ENGINE_FILE, RTX, TRT, Runtime, RuntimeUnavailable, TorchRuntime,
+                          is_export_folder, load_runtime, read_card)
+from mmer.samples import AUDIO_MAX_S, AUDIO_MIN_S, _synthetic_voice
 
 THROUGHPUT_BATCH = 8
 PERCENTILES = (50, 95, 99)
 ONNX_FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-static")
-MODEL_KINDS = ("teacher", "audio", "visual", "asf")
+ENGINE_FORMATS = ("trt-fp16", "trtrtx-fp16")
+ENGINE_LIBRARIES = {"tensorrt": TRT, "tensorrt-rtx": RTX}   # runtime name -> Python module it needs
 SAMPLE_POOL = 64                 # distinct inputs cycled through while timing
+RANDOM_AXIS_LENGTH = 64          # symbolic non-batch axes of random contract inputs
 REFERENCE_TOKENS_CAP = 512       # TelME's RoBERTa reads up to 512 tokens
+REFERENCE_SAMPLES = 8            # inputs each TelME reference model cycles through
+REFERENCE_FALLBACK_TOKENS = (32, 256)
+TELME_FOR = {"text": "RoBERTa-large", "audio": "data2vec-audio-base", "visual": "TimeSformer-base"}
+CPU_PROVIDERS = ["CPUExecutionProvider"]
 HIST_BINS = 40
+MIN_HIST_MS = 1e-3
 MS = 1000.0
+MB = float(1 << 20)
 
 
-# -- models -------------------------------------------------------------------------------------
-def _zoo_model(kind: str) -> tuple[Any, str]:
-    """(model at its default size, where its weights come from)."""
-    import mmer
-    from mmer.checkpoint import ASSETS_DIR
+class BenchError(ValueError):
+    """An artefact that cannot be benchmarked; the message names it and the fix."""
 
-    defaults = {"teacher": "default-text", "audio": "default-voice", "visual": "default-face"}
-    name = defaults.get(kind)
-    if name and (ASSETS_DIR / name / "mmer.json").is_file():
-        return mmer.load(name), f"embedded {name}"
-    if kind == "teacher":
-        from mmer.models.teacher import Teacher, TeacherDims
-        return Teacher.from_pretrained(TeacherDims()).eval(), "packaged MiniLM-L6 encoder, random head"
-    if kind == "audio":
-        from mmer.models.audio_student import AudioStudent, AudioStudentDims
-        return AudioStudent(AudioStudentDims.for_edge()).eval(), "edge architecture, random weights"
-    if kind == "visual":
-        from mmer.models.visual_student import VisualStudent, VisualStudentDims
-        return VisualStudent(VisualStudentDims()).eval(), "edge architecture, random weights"
+
+# -- what is benchmarked --------------------------------------------------------------------------
+@dataclass
+class Artefact:
+    """One benchmarked model: a torch model (checkpoint, default, zoo) or an export folder."""
+
+    label: str                          # the "model" column
+    source: str                         # what the user gave (or the zoo kind)
+    weights: str                        # where the weights come from
+    contract: Contract
+    inputs: list[dict[str, np.ndarray]]
+    model: Any = None                   # the torch model; None for an export folder
+    export: Path | None = None
+    card: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def modality(self) -> str:
+        return self.contract.modality
+
+    def describe(self) -> dict:
+        return {"model": self.label, "source": self.source, "weights": self.weights, "modality": self.modality,
+                "contract_model": self.contract.model, "export": str(self.export) if self.export else None,
+                "notes": self.notes}
+
+
+def _teacher_fallback() -> Any:
+    from mmer.models.teacher import Teacher, TeacherDims
+    return Teacher.from_pretrained(TeacherDims()).eval()
+
+
+def _audio_fallback() -> Any:
+    from mmer.models.audio_student import AudioStudent, AudioStudentDims
+    return AudioStudent(AudioStudentDims.for_edge()).eval()
+
+
+def _visual_fallback() -> Any:
+    from mmer.models.visual_student import VisualStudent, VisualStudentDims
+    return VisualStudent(VisualStudentDims()).eval()
+
+
+def _asf_fallback() -> Any:
     from mmer.models.asf import ASF, ASFDims
-    return ASF(ASFDims()).eval(), "default dims, random weights"
+    return ASF(ASFDims()).eval()
 
 
-def _meld_durations_s(data_root: Any) -> list[float]:
+# --models KIND -> (embedded default or "", the architecture at its default size with random
+# weights when that default is not installed, where those weights come from)
+ZOO: dict[str, tuple[str, Callable[[], Any], str]] = {
+    "teacher": ("default-text", _teacher_fallback, "packaged MiniLM-L6 encoder, random head"),
+    "audio": ("default-voice", _audio_fallback, "edge architecture, random weights"),
+    "visual": ("default-face", _visual_fallback, "edge architecture, random weights"),
+    "asf": ("", _asf_fallback, "default dims, random weights"),
+}
+MODEL_KINDS = tuple(ZOO)
+
+
+def _model_artefact(model: Any, label: str, source: str, weights: str, data_root: Any) -> Artefact:
+    inputs = model.example_inputs(SAMPLE_POOL, 0, data_root)
+    return Artefact(label, source, weights, model.contract(), inputs, model=model,
+                    notes=[f"inputs: {type(model).__name__}.example_inputs ({SAMPLE_POOL} batch-1 inputs)"])
+
+
+def zoo_artefact(kind: str, data_root: Any = None) -> Artefact:
+    """Zoo model ``kind`` (:data:`MODEL_KINDS`): its embedded default when installed, else the fallback."""
+    import mmer
+    from mmer.checkpoint import ASSETS_DIR, META
+
+    name, fallback, weights = ZOO[kind]
+    if name and (ASSETS_DIR / name / META).is_file():
+        model, weights = mmer.load(name), f"embedded {name}"
+    else:
+        model = fallback()
+    return _model_artefact(model, f"{kind} ({model.registry_name})", kind, weights, data_root)
+
+
+def _checkpoint_folder(spec: str) -> Path | None:
+    """The checkpoint folder of ``spec`` (a folder or an embedded default name), or None."""
+    from mmer.checkpoint import CheckpointError, read_meta, resolve
+
     try:
-        found = [d for _, _, d in meld_dev_utterances(data_root) if d > 0]
-    except SampleDataError:
-        found = []
-    return [float(np.clip(d, AUDIO_MIN_S, AUDIO_MAX_S)) for d in found] or list(np.linspace(AUDIO_MIN_S, AUDIO_MAX_S, 8))
+        folder = resolve(spec)
+        read_meta(folder)
+    except CheckpointError:
+        return None
+    return folder
 
 
-def _inputs(model: Any, kind: str, n: int, data_root: Any, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    if kind == "teacher":
-        return teacher_samples(model, n, seed, data_root)[0]
-    if kind == "audio":
-        from mmer.export.samples import _synthetic_voice
-        rng = np.random.default_rng(seed)
-        durations = rng.choice(_meld_durations_s(data_root), n)
-        waves = [_synthetic_voice(float(d), rng) for d in durations]
-        return [{"waveform": w[None], "attention_mask": np.ones((1, w.size), np.int64)} for w in waves]
-    return model_samples(model, n, seed, data_root)
+def _embedded_names() -> list[str]:
+    from mmer.checkpoint import ASSETS_DIR, META
+
+    return sorted(d.name for d in ASSETS_DIR.iterdir() if (d / META).is_file()) if ASSETS_DIR.is_dir() else []
+
+
+def resolve_artefact(spec: str, data_root: Any = None) -> Artefact:
+    """A positional of ``mmer-bench models``: export folder, checkpoint folder or embedded default name."""
+    import mmer
+
+    path = Path(spec)
+    if is_export_folder(path):
+        return export_artefact(path, data_root)
+    folder = _checkpoint_folder(spec)
+    if folder is None:
+        why = "no such file or folder" if not path.exists() else \
+            "neither its model.json says format 'mmer-export' nor does it hold a readable mmer.json"
+        raise BenchError(f"{spec}: not a checkpoint folder, an embedded default name or an export folder ({why}). "
+                         f"Give a folder written by mmer.checkpoint.save_checkpoint or by mmer-export, or one of "
+                         f"the embedded defaults {_embedded_names() or '(none installed)'}")
+    model = mmer.load(folder)
+    label = f"{path.name if path.exists() else spec} ({model.registry_name})"
+    weights = f"checkpoint {folder}" if path.exists() else f"embedded {spec}"
+    return _model_artefact(model, label, spec, weights, data_root)
+
+
+def random_inputs(contract: Contract, n: int, seed: int = 0, length: int = RANDOM_AXIS_LENGTH
+                  ) -> list[dict[str, np.ndarray]]:
+    """``n`` batch-1 inputs shaped by ``contract``: batch 1, other symbolic axes ``length``;
+    floats standard normal, integers 1 (valid ids and all-on masks), booleans True."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = {}
+        for s in contract.inputs:
+            shape = tuple(1 if i == 0 else (length if isinstance(a, str) else int(a)) for i, a in enumerate(s.shape))
+            dtype = np.dtype(s.dtype)
+            x[s.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype)
+        out.append(x)
+    return out
+
+
+def _export_inputs(folder: Path, card: dict, contract: Contract, data_root: Any) -> tuple[list[dict], str]:
+    """Inputs for an export folder and how they were made (see the module docstring)."""
+    import mmer
+    import mmer.models  # noqa: F401  (fills the registry)
+    from mmer.registry import MODELS
+
+    tried = []
+    source = str((card.get("provenance") or {}).get("source") or "")
+    if source and _checkpoint_folder(source) is not None:
+        try:
+            model = mmer.load(source)
+            if model.contract().input_names == contract.input_names:
+                return model.example_inputs(SAMPLE_POOL, 0, data_root), \
+                    f"inputs: example_inputs of the export's source {source}"
+            tried.append(f"source {source} takes {list(model.contract().input_names)}")
+        except Exception as e:  # noqa: BLE001  (any failure falls through to the next way)
+            tried.append(f"source {source}: {type(e).__name__}: {e}")
+    elif source:
+        tried.append(f"source {source!r} is not a loadable checkpoint")
+    try:
+        cls = MODELS.get(card["model"])
+        dims = cls.dims_from_dict(card["dims"], source=str(folder / "model.json"))
+        model = cls.from_checkpoint(dims, folder).eval()
+        return model.example_inputs(SAMPLE_POOL, 0, data_root), \
+            f"inputs: {cls.__name__}.example_inputs, the class rebuilt from the card's dims"
+    except Exception as e:  # noqa: BLE001
+        tried.append(f"rebuilding {card.get('model')!r} from the card: {type(e).__name__}: {e}")
+    return random_inputs(contract, SAMPLE_POOL), (
+        f"inputs: RANDOM tensors from the card's contract (batch 1, symbolic axes {RANDOM_AXIS_LENGTH}), "
+        f"not real data ({'; '.join(tried)}); give the checkpoint it was exported from for real inputs")
+
+
+def export_artefact(folder: Path, data_root: Any = None) -> Artefact:
+    """An export folder written by mmer-export, with inputs from its model's contract."""
+    card = read_card(folder)
+    contract = Contract.from_card(card)
+    inputs, how = _export_inputs(folder, card, contract, data_root)
+    source = (card.get("provenance") or {}).get("source") or "unknown source"
+    label = f"{folder.name} ({card['model']} {card.get('export_format', '?')})"
+    return Artefact(label, str(folder), f"export {card.get('export_format', '?')} of {source}", contract, inputs,
+                    export=folder, card=card, notes=[how])
 
 
 # -- timing -------------------------------------------------------------------------------------
@@ -113,6 +276,121 @@ def bench_runtime(rt: Runtime, inputs: list[dict], runs: int, warmup: int, throu
                             "samples_ms": ms.round(4).tolist()}
 
 
+# -- backends -------------------------------------------------------------------------------------
+@dataclass
+class Backend:
+    """One row to time: ``open()`` gives (runtime, size MB); ``skip`` says why it cannot run here."""
+
+    label: str
+    precision: str
+    open: Callable[[], tuple[Runtime, float]] | None = None
+    skip: str = ""
+
+
+def _precision_label(fmt: str, precision: str) -> str:
+    if precision == "int8" and fmt.startswith("onnx"):
+        return "int8 static" if "static" in fmt else "int8 dynamic"
+    return precision
+
+
+def _file_mb(path: Path) -> float:
+    return path.stat().st_size / MB
+
+
+def _library_missing(runtime: str) -> str:
+    """Why the library of engine runtime ``runtime`` cannot be used here ("" when it imports)."""
+    try:
+        __import__(ENGINE_LIBRARIES[runtime])
+    except ImportError as e:
+        return f"{runtime}: the Python module '{ENGINE_LIBRARIES[runtime]}' is not installed ({e})"
+    return ""
+
+
+class _Exports:
+    """Export folders of torch models, made once per (artefact, format) into a work folder."""
+
+    def __init__(self, work: Path, data_root: Any) -> None:
+        self.work, self.data_root, self.done = work, data_root, {}
+
+    def __call__(self, a: Artefact, fmt: str) -> Path:
+        from mmer.export.exporter import export
+
+        key = (id(a), fmt)
+        if key not in self.done:
+            folder = self.work / f"{len(self.done):02d}-{fmt}"
+            a.model.to("cpu")
+            export(a.model, fmt, folder, data_root=self.data_root, parity=False, source=a.source)
+            self.done[key] = folder
+        return self.done[key]
+
+
+def _torch_backends(a: Artefact, device: str) -> list[Backend]:
+    size = sum(p.numel() * p.element_size() for p in a.model.parameters()) / MB
+    options = [("torch eager", {})]
+    if device == "cuda":
+        options += [("torch compile", {"compile": True}), ("torch cuda-graphs", {"cuda_graphs": True})]
+    return [Backend(label, "fp32", lambda o=o: (TorchRuntime(a.model, device=device, **o), size)) for label, o in options]
+
+
+def _model_backends(a: Artefact, device: str, formats: list[str], engines: list[str], exports: _Exports,
+                    threads: int | None) -> list[Backend]:
+    """Backends of a torch model on ``device`` (see the module docstring)."""
+    from mmer.export import formats as fmts
+
+    rows = _torch_backends(a, device)
+    if device == "cpu":
+        for fmt in formats:
+            spec = fmts.get(fmt)
+            rows.append(Backend("onnxruntime", _precision_label(fmt, spec.precision),
+                                lambda fmt=fmt: _open_onnx(exports(a, fmt), threads)))
+        return rows
+    for fmt in engines:
+        spec = fmts.get(fmt)
+        label, precision = spec.runtime, _precision_label(fmt, spec.precision)
+        why = a.contract.engine_note or _library_missing(spec.runtime)
+        if why:
+            rows.append(Backend(label, precision, skip=why))
+            continue
+
+        def open_engine(fmt: str = fmt, runtime: str = spec.runtime) -> tuple[Runtime, float]:
+            folder = exports(a, fmt)
+            return load_runtime(runtime, folder), _file_mb(folder / ENGINE_FILE)
+        rows.append(Backend(label, precision, open_engine))
+    return rows
+
+
+def _open_onnx(folder: Path, threads: int | None) -> tuple[Runtime, float]:
+    return load_runtime("onnxruntime", folder, providers=CPU_PROVIDERS, threads=threads), _file_mb(folder / MODEL_FILE)
+
+
+def _export_backends(a: Artefact, device: str, devices: list[str], threads: int | None) -> list[Backend]:
+    """Backends of an export folder on ``device``: its card's runtime, and ONNX Runtime on its graph."""
+    card, folder = a.card, a.export
+    runtime = card.get("runtime", "onnxruntime")
+    precision = _precision_label(card.get("export_format", ""), card.get("precision", "fp32"))
+    has_onnx = (folder / MODEL_FILE).is_file()
+    rows = []
+    if runtime == "onnxruntime":
+        if device == "cpu":
+            rows.append(Backend("onnxruntime", precision, lambda: _open_onnx(folder, threads)))
+        return rows
+    if runtime in ENGINE_LIBRARIES:
+        if device == "cuda":
+            why = _library_missing(runtime)
+            rows.append(Backend(runtime, precision, skip=why) if why else
+                        Backend(runtime, precision, lambda: (load_runtime(runtime, folder),
+                                                             _file_mb(folder / ENGINE_FILE))))
+        elif "cuda" not in devices:
+            rows.append(Backend(runtime, precision, skip=f"{runtime} engines run on an NVIDIA GPU with CUDA; "
+                                                         f"none is used here (no GPU visible, or --device cpu)"))
+    elif device == "cpu":
+        rows.append(Backend(runtime, precision, lambda: (load_runtime(runtime, folder), _file_mb(folder / MODEL_FILE))))
+    if device == "cpu" and has_onnx:
+        # The graph an engine was built from: FP16 or Q/DQ, so it keeps the engine's precision.
+        rows.append(Backend("onnxruntime", precision, lambda: _open_onnx(folder, threads)))
+    return rows
+
+
 # -- the TelME-size reference stack ------------------------------------------------------------
 def _reference_models() -> dict[str, tuple[Any, Callable[[Any, dict], Any]]]:
     import torch
@@ -129,15 +407,38 @@ def _reference_models() -> dict[str, tuple[Any, Callable[[Any, dict], Any]]]:
     return out
 
 
+def _token_lengths(inputs: list[dict]) -> list[int]:
+    """Sequence lengths of text inputs: axis 1 of each sample's first input."""
+    return [int(next(iter(x.values())).shape[1]) for x in inputs]
+
+
+def _waveforms(inputs: list[dict]) -> list[np.ndarray]:
+    """The (1, T) float waveform of each audio input (its first 2-D float input)."""
+    out = []
+    for x in inputs:
+        wave = next((v for v in x.values() if v.dtype.kind == "f" and v.ndim == 2), None)
+        if wave is not None:
+            out.append(np.asarray(wave, np.float32))
+    return out
+
+
 def bench_reference(teacher_inputs: list[dict], audio_inputs: list[dict], runs: int, warmup: int, device: str) -> list[dict]:
-    """TelME stack, PyTorch eager FP32, batch 1, on ``device``: one row per model."""
+    """TelME stack, PyTorch eager FP32, batch 1, on ``device``: one row per model.
+
+    teacher_inputs / audio_inputs: inputs of the benchmarked text / audio models (their prompt
+    lengths and waveforms are read); empty lists get fixed stand-ins (random lengths in
+    :data:`REFERENCE_FALLBACK_TOKENS`, synthetic voice over 1-8 s).
+    """
     import torch
 
     models = _reference_models()
     rng = np.random.default_rng(0)
-    text = [{"input_ids": torch.from_numpy(rng.integers(3, 50265, (1, min(x["input_ids"].shape[1], REFERENCE_TOKENS_CAP)))),
-             } for x in teacher_inputs]
-    audio = [{"input_values": torch.from_numpy(x["waveform"])} for x in audio_inputs]
+    lengths = _token_lengths(teacher_inputs) or [int(n) for n in rng.integers(*REFERENCE_FALLBACK_TOKENS,
+                                                                              REFERENCE_SAMPLES)]
+    waves = _waveforms(audio_inputs) or [_synthetic_voice(float(d), rng)[None].astype(np.float32)
+                                         for d in np.linspace(AUDIO_MIN_S, AUDIO_MAX_S, REFERENCE_SAMPLES)]
+    text = [{"input_ids": torch.from_numpy(rng.integers(3, 50265, (1, min(n, REFERENCE_TOKENS_CAP))))} for n in lengths]
+    audio = [{"input_values": torch.from_numpy(w)} for w in waves]
     video = [{"pixel_values": torch.rand(1, 8, 3, 224, 224, generator=torch.Generator().manual_seed(i))} for i in range(2)]
     rows = []
     for (name, model), inputs in zip(models.items(), (text, audio, video)):
@@ -153,7 +454,7 @@ def bench_reference(teacher_inputs: list[dict], audio_inputs: list[dict], runs: 
 
         ms = time_calls(call, inputs, runs, warmup)
         params = sum(p.numel() for p in model.parameters())
-        rows.append({"model": name, "backend": "torch eager", "precision": "fp32", "size_mb": params * 4 / (1 << 20)}
+        rows.append({"model": name, "backend": "torch eager", "precision": "fp32", "size_mb": params * 4 / MB}
                     | summarize(ms) | {"samples_ms": ms.round(3).tolist()})
         model.to("cpu")
     return rows
@@ -188,7 +489,7 @@ def device_info(device: str) -> dict:
 
 # -- report ---------------------------------------------------------------------------------------
 def markdown(result: dict) -> str:
-    """One Markdown table per device, plus the reference stack and the ratios."""
+    """One Markdown table per device, the skipped backends, the reference stack and the ratios."""
     lines = []
     for dev in result["devices"]:
         info = dev["info"]
@@ -202,6 +503,9 @@ def markdown(result: dict) -> str:
             ratio = f"{r['speedup_vs_telme']:.1f}x" if r.get("speedup_vs_telme") else "-"
             lines.append(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['size_mb']:.1f} | {r['p50_ms']:.2f} | "
                          f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['throughput_per_s']:.1f} | {ratio} |")
+        if dev.get("skipped"):
+            lines += ["", "Not run here:", ""]
+            lines += [f"- {s['model']} {s['backend']} {s['precision']}: {s['reason']}" for s in dev["skipped"]]
         if dev.get("reference"):
             lines += ["", "TelME-size reference (random weights, torch eager FP32, batch 1"
                       + (f", reduced to {dev['reference'][0]['runs']} timed runs" if dev['reference'][0]['runs'] < 10 else "")
@@ -210,11 +514,16 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {r['model']} | {r['size_mb']:.0f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} |")
             lines.append(f"| **stack, one after another** | | **{dev['reference_stack_p50_ms']:.1f}** | |")
         lines.append("")
+    for a in result.get("artefacts", []):
+        lines += [f"- {a['model']}: {a['weights']}; " + "; ".join(a["notes"])]
     lines += [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
-def histogram_png(result: dict, path: Path) -> Path | None:
+def histogram_figure(result: dict) -> Any:
+    """The latency histograms as a matplotlib Figure: one subplot per benchmarked model (only
+    rows that ran), every backend of that model as one step curve, log-spaced bins on a log x
+    axis (backends differ by orders of magnitude). None without matplotlib or rows."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -222,109 +531,171 @@ def histogram_png(result: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     rows = [(d["info"]["device"], r) for d in result["devices"] for r in d["rows"]]
-    fig, axes = plt.subplots(len(MODEL_KINDS), 1, figsize=(8, 2.4 * len(MODEL_KINDS)))
-    for ax, kind in zip(np.atleast_1d(axes), MODEL_KINDS):
-        for dev, r in rows:
-            if r["kind"] == kind:
-                ax.hist(r["samples_ms"], bins=HIST_BINS, histtype="step", label=f"{r['backend']} {r['precision']} ({dev})")
-        ax.set_title(f"{kind}: batch-1 latency")
-        ax.set_xlabel("ms")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
+    models = list(dict.fromkeys(r["model"] for _, r in rows))
+    if not models:
+        return None
+    fig, axes = plt.subplots(len(models), 1, figsize=(8, 2.4 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        mine = [(dev, r) for dev, r in rows if r["model"] == model]
+        values = np.concatenate([np.asarray(r["samples_ms"], float) for _, r in mine])
+        lo, hi = max(float(values.min()), MIN_HIST_MS), max(float(values.max()), MIN_HIST_MS)
+        if hi <= lo * 1.01:
+            lo, hi = lo / 1.1, hi * 1.1
+        bins = np.logspace(np.log10(lo), np.log10(hi), HIST_BINS + 1)
+        for dev, r in mine:
+            ax.hist(np.clip(r["samples_ms"], lo, hi), bins=bins, histtype="step",
+                    label=f"{r['backend']} {r['precision']} ({dev})")
+        ax.set_xscale("log")
+        ax.set_title(f"{model}: batch-1 latency")
+        ax.set_xlabel("ms (log scale)")
+        ax.legend(fontsize=6)
     fig.tight_layout()
+    return fig
+
+
+def histogram_png(result: dict, path: Path) -> Path | None:
+    """Write :func:`histogram_figure` to ``path``; None when there is nothing to draw."""
+    fig = histogram_figure(result)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _backends(device: str, formats: list[str]) -> list[tuple[str, str, dict]]:
-    """(backend label, export format or '', torch options) to run on ``device``."""
-    if device == "cuda":
-        return [("torch eager", "", {"device": "cuda"}), ("torch compile", "", {"device": "cuda", "compile": True}),
-                ("torch cuda-graphs", "", {"device": "cuda", "cuda_graphs": True})]
-    return [("torch eager", "", {})] + [("onnxruntime", f, {}) for f in formats]
+# -- the run --------------------------------------------------------------------------------------
+SKIPPABLE = (RuntimeUnavailable, MissingExtra, ImportError)
 
 
-def run_models(kinds: list[str], formats: list[str], runs: int, warmup: int, ref_runs: int, data_root: Any,
-               work: Path, reference: bool, devices: list[str]) -> dict:
-    """Benchmark every (model, backend) on every device; the structure of OUT.json."""
-    from mmer.export.exporter import export
+def run_models(artefacts: list[Artefact], formats: list[str], runs: int, warmup: int, ref_runs: int, data_root: Any,
+               work: Path, reference: bool, devices: list[str], engines: tuple[str, ...] | list[str] = ENGINE_FORMATS,
+               threads: int | None = None) -> dict:
+    """Benchmark every (artefact, backend) on every device; the structure of OUT.json.
 
-    result: dict[str, Any] = {"devices": [], "notes": []}
-    models = {k: _zoo_model(k) for k in kinds}
-    inputs = {k: _inputs(m, k, SAMPLE_POOL, data_root) for k, (m, _) in models.items()}
+    A backend that cannot run here (missing library, no GPU) or fails to export/run is
+    listed under the device's ``skipped`` with the reason, and the others still run.
+    """
+    result: dict[str, Any] = {"artefacts": [a.describe() for a in artefacts], "devices": [], "notes": []}
+    exports = _Exports(work, data_root)
     for device in devices:
-        rows = []
-        for kind, (model, weights) in models.items():
-            for label, fmt, opts in _backends(device, formats):
-                if fmt:
-                    folder = work / f"{kind}-{fmt}"
-                    export(model, fmt, folder, data_root=data_root, parity=False)
-                    rt, size = load_runtime("onnxruntime", folder), (folder / "model.onnx").stat().st_size / (1 << 20)
-                    precision = {"onnx": "fp32", "onnx-fp16": "fp16"}.get(
-                        fmt, "int8 static" if "static" in fmt else "int8 dynamic")
-                else:
-                    rt, precision = TorchRuntime(model, **opts), "fp32"
-                    size = sum(p.numel() * p.element_size() for p in model.parameters()) / (1 << 20)
-                print(f"[mmer-bench] {device} {kind} {label} {precision} ...", file=sys.stderr, flush=True)
-                stats = bench_runtime(rt, inputs[kind], runs, warmup, max(3, runs // 10))
-                rows.append({"model": f"{kind} ({model.registry_name})", "kind": kind, "weights": weights, "backend": label,
-                             "precision": precision, "size_mb": size} | stats)
-            model.to("cpu")
-        dev: dict[str, Any] = {"info": device_info(device), "rows": rows}
+        rows, skipped = [], []
+        for a in artefacts:
+            plan = _model_backends(a, device, formats, engines, exports, threads) if a.model is not None \
+                else _export_backends(a, device, devices, threads)
+            for b in plan:
+                where = f"[mmer-bench] {device} {a.label} {b.label} {b.precision}"
+                reason = b.skip
+                if not reason:
+                    print(f"{where} ...", file=sys.stderr, flush=True)
+                    try:
+                        rt, size = b.open()
+                        stats = bench_runtime(rt, a.inputs, runs, warmup, max(3, runs // 10))
+                    except SKIPPABLE as e:
+                        reason = f"{type(e).__name__}: {e}"
+                    except Exception as e:  # noqa: BLE001  (one broken backend must not end the run)
+                        reason = f"failed: {type(e).__name__}: {e}"
+                    else:
+                        rows.append({"model": a.label, "modality": a.modality, "source": a.source,
+                                     "weights": a.weights, "backend": b.label, "precision": b.precision,
+                                     "size_mb": size, "notes": "; ".join(a.notes)} | stats)
+                if reason:
+                    print(f"{where}: not run ({reason})", file=sys.stderr, flush=True)
+                    skipped.append({"model": a.label, "backend": b.label, "precision": b.precision, "reason": reason})
+            if a.model is not None:
+                a.model.to("cpu")
+        dev: dict[str, Any] = {"info": device_info(device), "rows": rows, "skipped": skipped}
         if reference:
             print(f"[mmer-bench] {device} TelME-size reference stack ...", file=sys.stderr, flush=True)
-            dev["reference"] = bench_reference(inputs.get("teacher", [])[:8], inputs.get("audio", [])[:8], ref_runs,
-                                               1, device)
-            stack = sum(r["p50_ms"] for r in dev["reference"])
-            dev["reference_stack_p50_ms"] = stack
-            telme_for = {"teacher": "RoBERTa-large", "audio": "data2vec-audio-base", "visual": "TimeSformer-base"}
+            by_modality = {m: next((a.inputs for a in artefacts if a.modality == m), []) for m in ("text", "audio")}
+            dev["reference"] = bench_reference(by_modality["text"][:REFERENCE_SAMPLES],
+                                               by_modality["audio"][:REFERENCE_SAMPLES], ref_runs, 1, device)
+            dev["reference_stack_p50_ms"] = sum(r["p50_ms"] for r in dev["reference"])
             ref = {r["model"]: r["p50_ms"] for r in dev["reference"]}
             for r in rows:
-                if r["kind"] in telme_for:
-                    r["speedup_vs_telme"] = ref[telme_for[r["kind"]]] / r["p50_ms"]
+                if r["modality"] in TELME_FOR:
+                    r["speedup_vs_telme"] = ref[TELME_FOR[r["modality"]]] / r["p50_ms"]
         result["devices"].append(dev)
     result["notes"] = [
         f"batch-1 latency over {runs} timed calls after {warmup} warm-up calls, cycling through {SAMPLE_POOL} inputs "
-        f"(teacher: MELD dev prompts with their dialogue context; audio: MELD dev utterance durations clipped to "
-        f"{AUDIO_MIN_S:.0f}-{AUDIO_MAX_S:.0f} s; visual: 8 frames); throughput at batch {THROUGHPUT_BATCH}.",
-        f"TelME reference: {ref_runs} timed runs per model after 1 warm-up (reduced: each call takes seconds on this CPU); "
-        "RoBERTa-large reads the same prompt lengths (capped at 512), data2vec the same clips, TimeSformer 8x224x224.",
-        "x TelME p50 = the TelME model of the same modality's p50 / this row's p50 (higher is faster).",
+        f"from each model's example_inputs (teacher: MELD dev prompts with their dialogue context; audio: "
+        f"{AUDIO_MIN_S:.0f}-{AUDIO_MAX_S:.0f} s speech; visual: 8 frames); throughput at batch {THROUGHPUT_BATCH}.",
+        "ONNX Runtime rows use the CPU execution provider; GPU rows are torch and TensorRT engines.",
     ]
+    if reference:
+        result["notes"] += [
+            f"TelME reference: {ref_runs} timed runs per model after 1 warm-up (reduced: each call takes seconds on "
+            "a CPU); RoBERTa-large reads the prompt lengths of the benchmarked text model (capped at 512), "
+            "data2vec the clips of the audio model (stand-ins where none was benchmarked), TimeSformer 8x224x224.",
+            "x TelME p50 = the TelME model of the same modality's p50 / this row's p50 (higher is faster).",
+        ]
     return result
 
 
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def bench_models_main(argv: list[str] | None = None) -> int:
-    """``mmer-bench models [--json OUT.json] ...``; a leading ``models`` word is accepted."""
+    """``mmer-bench models [MODEL_OR_EXPORT ...] [--json OUT.json] ...``; a leading ``models`` word is accepted."""
+    from mmer.export import formats as fmts
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["models"]:
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="mmer-bench models", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mmer-bench models", description=__doc__.split("\n\n")[0],
+                                epilog="Example: mmer-bench models runs/voice/checkpoint exports/voice-int8 --json b.json")
+    p.add_argument("artefacts", nargs="*", metavar="MODEL_OR_EXPORT",
+                   help="checkpoint folders, embedded default names or mmer-export folders (default: the zoo)")
     p.add_argument("--json", type=Path, default=Path("bench-models.json"), help="output JSON (.md and .png beside it)")
-    p.add_argument("--models", default=",".join(MODEL_KINDS), help=f"subset of {','.join(MODEL_KINDS)}")
-    p.add_argument("--formats", default=",".join(ONNX_FORMATS), help="ONNX Runtime formats to time (CPU)")
+    p.add_argument("--models", default=None,
+                   help=f"without positionals: zoo defaults to time, a subset of {','.join(MODEL_KINDS)} (default: all)")
+    p.add_argument("--formats", default=",".join(ONNX_FORMATS),
+                   help="ONNX Runtime formats to export a checkpoint to and time (CPU)")
+    p.add_argument("--engines", default=",".join(ENGINE_FORMATS),
+                   help="TensorRT formats to build from a checkpoint and time (CUDA, when the library imports)")
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 calls per row")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--reference-runs", type=int, default=5, help="timed calls per TelME reference model")
     p.add_argument("--no-reference", action="store_true", help="skip the TelME-size stack")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="'all': cpu, plus cuda when present")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch and ONNX Runtime intra-op threads (0: their defaults)")
     args = p.parse_args(argv)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    kinds = [k for k in args.models.split(",") if k]
+    formats, engines = _split(args.formats), _split(args.engines)
+    for fmt in formats + engines:
+        if fmt not in fmts.names():
+            p.error(f"unknown format {fmt!r}; formats: {fmts.names()}")
+    wrong = [f for f in formats if fmts.get(f).runtime != "onnxruntime"] + \
+        [f for f in engines if fmts.get(f).runtime not in ENGINE_LIBRARIES]
+    if wrong:
+        p.error(f"{wrong}: --formats takes ONNX Runtime formats ({list(ONNX_FORMATS)}), --engines TensorRT ones "
+                f"({[n for n in fmts.names() if fmts.get(n).runtime in ENGINE_LIBRARIES]})")
+    if args.artefacts and args.models is not None:
+        p.error("--models picks zoo defaults when no MODEL_OR_EXPORT is given; give one or the other "
+                "(a zoo default by name: mmer-bench models default-voice)")
+    kinds = _split(args.models) if args.models is not None else list(MODEL_KINDS)
     unknown = [k for k in kinds if k not in MODEL_KINDS]
     if unknown:
         p.error(f"unknown models {unknown}; choose from {list(MODEL_KINDS)}")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if not devices:
+        p.error("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False); use --device cpu")
+    try:
+        artefacts = [resolve_artefact(s, args.data_root) for s in args.artefacts] if args.artefacts \
+            else [zoo_artefact(k, args.data_root) for k in kinds]
+    except BenchError as e:
+        p.error(str(e))
     with tempfile.TemporaryDirectory(prefix="mmer-bench-") as tmp:
-        result = run_models(kinds, [f for f in args.formats.split(",") if f], args.runs, args.warmup,
-                            args.reference_runs, args.data_root, Path(tmp), not args.no_reference, devices)
+        result = run_models(artefacts, formats, args.runs, args.warmup, args.reference_runs, args.data_root,
+                            Path(tmp), not args.no_reference, devices, engines, args.threads or None)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     md = args.json.with_suffix(".md")
@@ -332,6 +703,9 @@ def bench_models_main(argv: list[str] | None = None) -> int:
     png = histogram_png(result, args.json.with_suffix(".png"))
     print(markdown(result))
     print(f"wrote {args.json}, {md}" + (f", {png}" if png else ""), file=sys.stderr)
+    if not any(d["rows"] for d in result["devices"]):
+        print("mmer-bench models: no backend ran (see 'Not run here' above for why)", file=sys.stderr)
+        return 1
     return 0
 
 

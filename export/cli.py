@@ -19,7 +19,7 @@ from mmer.config import ConfigError
 from mmer.export import formats
 from mmer.export.config import CONFIG_FILE
 from mmer.export.parity import GATE_FAILED_EXIT
-from mmer.export.samples import DATA_SOURCES
+from mmer.samples import DATA_SOURCES
 
 USAGE_EXIT = 2
 FAILED_EXIT = 1

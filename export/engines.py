@@ -29,64 +29,58 @@ from typing import Any
 
 import numpy as np
 
+from mmer.contract import BATCH, Contract
 from mmer.export.config import EngineConfig, ProfilesConfig
-from mmer.export.onnx_export import ModelSpec
 from mmer.extras import require
+from mmer.runtime import ENGINE_CARD, ENGINE_FILE, RTX, RTX_RUNS_ON, TRT  # noqa: F401  (re-exported)
+from mmer.runtime import trt_logger as _logger
 
-ENGINE_FILE = "model.engine"
-ENGINE_CARD = "engine.json"
-RTX = "tensorrt_rtx"
-TRT = "tensorrt"
-RTX_RUNS_ON = ("8.0", "8.6", "8.9", "12.0", "12.1")   # compute capabilities TensorRT-RTX engines load on
 MIB = 1 << 20
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "mmer" / "tensorrt.timing.cache"
-_LOGGERS: dict[str, Any] = {}
 
 
 class EngineBuildError(RuntimeError):
     """An engine that could not be built; the message carries the parser/builder errors."""
 
 
-def _logger(lib: Any) -> Any:
-    # One logger per library: TensorRT ignores (and warns about) a second one per process.
-    name = lib.__name__
-    if name not in _LOGGERS:
-        _LOGGERS[name] = lib.Logger(lib.Logger.WARNING)
-    return _LOGGERS[name]
-
-
 Shape = tuple[int, ...]
 
 
-def profile_shapes(spec: ModelSpec, dims: Any, profiles: ProfilesConfig) -> list[dict[str, tuple[Shape, Shape, Shape]]]:
-    """Optimization profiles of ``spec``'s inputs: one dict name -> (min, opt, max) per bucket.
+def profile_shapes(contract: Contract, profiles: ProfilesConfig) -> list[dict[str, tuple[Shape, Shape, Shape]]]:
+    """Optimization profiles of the contract's inputs: one dict name -> (min, opt, max) per bucket.
 
-    Sequence maxima are clamped to what the model reads (teacher ``max_tokens``, audio
-    ``max_audio_s``), so no engine is sized for inputs the model would cut anyway.
+    The contract's sequence axis names its buckets (``profiles.text_tokens``: token counts;
+    ``profiles.audio``: seconds, turned into samples); an axis without buckets in the config
+    (the edge face student's frame count) gets one bucket (1, cap, cap). Maxima are clamped to
+    what the model reads (its ``cap``), so no engine is sized for inputs the model would cut anyway.
     """
     b = profiles.batch
     if not 1 <= b.min <= b.opt <= b.max:
         raise EngineBuildError(f"profiles.batch must satisfy 1 <= min <= opt <= max, got {b}")
-    if spec.model == "teacher":
-        buckets = [(r.min, r.opt, r.max) for r in profiles.text_tokens]
-        cap = dims.max_tokens
-    elif spec.model == "audio_student":
-        rate = dims.sample_rate_hz
-        buckets = [(int(r.min_s * rate), int(r.opt_s * rate), int(r.max_s * rate)) for r in profiles.audio]
-        cap = int(dims.max_audio_s * rate)
-    else:
+    seq = contract.sequence
+    if seq is None:
         buckets, cap = [(0, 0, 0)], 0  # no sequence axis
+    else:
+        cap = seq.cap
+        ranges = getattr(profiles, seq.profile, None)
+        if ranges is None:
+            buckets = [(1, cap, cap)]
+        elif seq.per_second:
+            rate = seq.per_second
+            buckets = [(int(r.min_s * rate), int(r.opt_s * rate), int(r.max_s * rate)) for r in ranges]
+        else:
+            buckets = [(r.min, r.opt, r.max) for r in ranges]
     out = []
     for lo, opt, hi in buckets:
         if cap:
             hi = min(hi, cap)
             lo, opt = min(lo, hi), min(max(opt, lo), hi)
             if not 1 <= lo <= opt <= hi:
-                raise EngineBuildError(f"profile bucket ({lo}, {opt}, {hi}) of {spec.model} is not 1 <= min <= opt <= max")
+                raise EngineBuildError(f"profile bucket ({lo}, {opt}, {hi}) of {contract.model} is not 1 <= min <= opt <= max")
         shapes = {}
-        for s in spec.inputs:
+        for s in contract.inputs:
             def dim(a: Any, k: int) -> int:
-                if a == "batch":
+                if a == BATCH:
                     return (b.min, b.opt, b.max)[k]
                 if isinstance(a, str):
                     return (lo, opt, hi)[k]
@@ -179,7 +173,7 @@ def _implicit_calibrator(lib: Any, samples: list[dict[str, np.ndarray]], cache: 
     return Calibrator()
 
 
-def onnx2engine(onnx_path: str | Path, folder: str | Path, spec: ModelSpec, dims: Any, profiles: ProfilesConfig,
+def onnx2engine(onnx_path: str | Path, folder: str | Path, contract: Contract, profiles: ProfilesConfig,
                 cfg: EngineConfig, library: str, precision: str,
                 implicit_int8_samples: list[dict[str, np.ndarray]] | None = None) -> dict:
     """Build ``folder/model.engine`` from ``onnx_path`` with ``library`` (``tensorrt_rtx`` or
@@ -204,7 +198,7 @@ def onnx2engine(onnx_path: str | Path, folder: str | Path, spec: ModelSpec, dims
     config = builder.create_builder_config()
     config.set_memory_pool_limit(lib.MemoryPoolType.WORKSPACE, cfg.workspace_mb * MIB)
     config.builder_optimization_level = cfg.builder_optimization_level
-    shapes = profile_shapes(spec, dims, profiles)
+    shapes = profile_shapes(contract, profiles)
     trt_profiles = []
     for bucket in shapes:
         profile = builder.create_optimization_profile()

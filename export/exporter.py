@@ -23,14 +23,12 @@ from torch import nn
 
 from mmer.export import formats
 from mmer.export.config import CONFIG_FILE, ExportConfig, load_export_config
-from mmer.export.engines import ENGINE_CARD, ENGINE_FILE, RTX, TRT, onnx2engine
-from mmer.export.onnx_export import (MODEL_FILE, MSA_MODELS, ExportError, example_batch, model_card, model_spec, padding_exact,
-                                     save_tokenizer, torch2onnx, write_card)
+from mmer.export.engines import onnx2engine
+from mmer.export.onnx_export import ExportError, contract_of, model_card, torch2onnx, write_card
 from mmer.export.parity import failed_gates, measure_parity, not_run, write_parity
 from mmer.export.quantize import FP16_SAFE_MAX, onnx2fp16, onnx2int8_dynamic, onnx2int8_static, onnx2qdq_tensorrt
-from mmer.export.runtime import RuntimeUnavailable, TorchRuntime, load_runtime
-from mmer.export.samples import model_samples
 from mmer.extras import MissingExtra
+from mmer.runtime import ENGINE_CARD, ENGINE_FILE, MODEL_FILE, RTX, TRT, RuntimeUnavailable, TorchRuntime, load_runtime
 
 PARITY_SEED_OFFSET = 1000   # parity inputs are drawn apart from the calibration inputs
 INT8_CALIBRATORS = ("explicit", "implicit")
@@ -51,22 +49,22 @@ class StepContext:
     def calibration_samples(self) -> list:
         if self._calibration is None:
             c = self.cfg.calibration
-            self._calibration = model_samples(self.model, c.num_samples, c.seed, self.cfg.data_root or None,
-                                              c.audio_range_s, c.data)
+            self._calibration = self.model.example_inputs(c.num_samples, c.seed, self.cfg.data_root or None,
+                                                          c.data, c.audio_range_s)
         return self._calibration
 
 
 # -- steps: (context, previous graph) -> next graph ------------------------------------------
 def _step_onnx(ctx: StepContext, _: Path | None) -> Path:
-    example = example_batch(ctx.model, model_samples(ctx.model, 2, ctx.cfg.parity.seed, ctx.cfg.data_root or None,
-                                                     ctx.cfg.parity.audio_range_s))
+    example = ctx.model.example_batch(ctx.model.example_inputs(2, ctx.cfg.parity.seed, ctx.cfg.data_root or None,
+                                                               audio_range_s=ctx.cfg.parity.audio_range_s))
     return torch2onnx(ctx.model, ctx.work / "fp32", example, ctx.cfg.opset)
 
 
 def _step_fp16(ctx: StepContext, src: Path) -> Path:
     # The longest inputs the model is exported for show which values outgrow FP16 (sample counts).
     longest = (ctx.cfg.parity.audio_range_s[1],) * 2
-    probes = model_samples(ctx.model, FP16_PROBES, ctx.cfg.parity.seed, ctx.cfg.data_root or None, longest)
+    probes = ctx.model.example_inputs(FP16_PROBES, ctx.cfg.parity.seed, ctx.cfg.data_root or None, audio_range_s=longest)
     ctx.notes["fp16"] = {"converter": "onnxruntime.transformers.float16", "kept_fp32": list(ctx.cfg.fp16.keep_fp32_ops),
                          "kept_fp32_for_range": f"nodes around values > {FP16_SAFE_MAX:g} on {FP16_PROBES} longest inputs"}
     return onnx2fp16(src, ctx.work / "fp16.onnx", ctx.cfg.fp16.keep_fp32_ops, probes)
@@ -105,7 +103,7 @@ def _step_qdq(ctx: StepContext, src: Path) -> Path:
 def _engine_step(library: str) -> Callable[[StepContext, Path], Path]:
     def step(ctx: StepContext, src: Path) -> Path:
         implicit = ctx.notes.get("int8", {}).get("method", "").startswith("implicit")
-        ctx.notes["engine"] = onnx2engine(src, ctx.work / "engine", model_spec(ctx.model), ctx.model.dims,
+        ctx.notes["engine"] = onnx2engine(src, ctx.work / "engine", contract_of(ctx.model),
                                           ctx.cfg.profiles, ctx.cfg.engine, library, ctx.fmt.precision,
                                           ctx.calibration_samples() if implicit else None)
         return src
@@ -151,10 +149,9 @@ def export(model: nn.Module, fmt: str, out: str | Path, overrides: list[str] | t
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data_root=str(data_root))
     model.eval()
-    if model_spec(model).model in MSA_MODELS and spec.builds_engine:  # model_spec refuses a non-zoo model first
-        raise ExportError(f"{fmt}: the sentiment models (DERL, MMILN, CENet, CMATH) export to ONNX formats only "
-                          f"(onnx, onnx-fp16, onnx-int8, onnx-int8-static); their graphs have fixed sequence "
-                          f"lengths, which the engine profiles do not describe yet")
+    contract = contract_of(model)
+    if contract.engine_note and spec.builds_engine:
+        raise ExportError(f"{fmt}: {contract.engine_note}")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmer-export-") as tmp:
@@ -170,10 +167,10 @@ def export(model: nn.Module, fmt: str, out: str | Path, overrides: list[str] | t
             extra["engine"] = {"file": ENGINE_FILE, "record": ENGINE_CARD, "library": ctx.notes["engine"]["library"]}
     extra["runtime"] = spec.runtime
     extra["config"] = dataclasses.asdict(cfg)
-    card = model_card(model, spec.name, spec.precision, source, extra)
+    files = model.save_export_assets(folder)
     if spec.builds_engine:
-        card["files"].update(engine=ENGINE_FILE, engine_record=ENGINE_CARD)
-    save_tokenizer(model, folder)
+        files.update(engine=ENGINE_FILE, engine_record=ENGINE_CARD)
+    card = model_card(model, spec.name, spec.precision, source, extra, files)
     write_card(folder, card, folder / MODEL_FILE)
     report = _parity(model, spec, cfg, folder) if parity else not_run(spec.precision, "parity=False")
     write_parity(folder, report)
@@ -197,7 +194,7 @@ def _parity(model: nn.Module, spec: formats.ExportFormat, cfg: ExportConfig, fol
 
 
 def _measure(model: nn.Module, candidate: Any, spec: formats.ExportFormat, cfg: ExportConfig) -> dict:
-    samples = model_samples(model, cfg.parity.num_samples, cfg.parity.seed + PARITY_SEED_OFFSET,
-                            cfg.data_root or None, cfg.parity.audio_range_s)
+    samples = model.example_inputs(cfg.parity.num_samples, cfg.parity.seed + PARITY_SEED_OFFSET,
+                                   cfg.data_root or None, audio_range_s=cfg.parity.audio_range_s)
     return measure_parity(model, TorchRuntime(model), candidate, samples, spec.precision, cfg.parity,
-                          padding_exact(model), cfg.data_root or None)
+                          cfg.data_root or None)

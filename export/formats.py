@@ -35,7 +35,7 @@ class ExportFormat:
 
     steps: conversion steps, in order (names of :data:`mmer.export.exporter.STEPS`).
     precision: fp32 | fp16 | int8 (selects the parity gate).
-    runtime: name for :func:`mmer.export.runtime.load_runtime`.
+    runtime: name for :func:`mmer.runtime.load_runtime`.
     sections: config sections read besides ``opset``, ``data_root`` and ``parity``.
     """
 

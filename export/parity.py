@@ -1,12 +1,12 @@
 """Parity of an exported model against the torch model it came from, and the gates it must pass.
 
-Measured on real inputs (:mod:`mmer.export.samples`): each sample alone (batch 1) plus one
+Measured on real inputs (:mod:`mmer.samples`): each sample alone (batch 1) plus one
 padded batch of several when the graph is padding-exact. Reported per output (logits, probs,
 feature; score and feature for the sentiment regression models): ``max_abs`` = max |candidate -
 torch| and ``max_rel`` = max_abs / max |torch| (the error relative to the output's scale;
 element-wise ratios explode near zero). ``top1_agreement`` is the share of rows whose decision is
-the same: the argmax class, or a sentiment score's polarity. For the teacher, the weighted F1 of both
-backends on a MELD dev subset and its change in points.
+the same: the argmax class, or a sentiment score's polarity. For models with labelled inputs
+(``model.labelled_inputs``: the teacher on MELD dev), the weighted F1 of both backends and its change in points.
 
 Gates (config ``parity``): FP32 max_abs <= 1e-4 on every output; FP16 top-1 agreement >= 99.5%;
 INT8 weighted-F1 drop <= 1 point (teacher; elsewhere no labelled data exists, so the INT8 gate is
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from mmer.contract import collate
 from mmer.export.config import ParityConfig
 from mmer.labels import get_label_set
-from mmer.export.runtime import Runtime
-from mmer.export.samples import collate, teacher_samples
+from mmer.runtime import Runtime
 
 PARITY_FILE = "parity.json"
 GATE_FAILED_EXIT = 3
@@ -58,7 +58,7 @@ def compare(reference: Runtime, candidate: Runtime, batches: list[dict[str, np.n
     agree = rows = 0
     for batch in batches:
         ref, got = reference(**batch), candidate(**batch)
-        for k in ref:
+        for k in reference.outputs:
             err[k] = max(err.get(k, 0.0), float(np.abs(ref[k].astype(np.float64) - got[k]).max()))
             scale[k] = max(scale.get(k, 0.0), float(np.abs(ref[k]).max()))
         agree += int((decisions(ref) == decisions(got)).sum())
@@ -67,14 +67,18 @@ def compare(reference: Runtime, candidate: Runtime, batches: list[dict[str, np.n
     return {"outputs": outputs, "top1_agreement": agree / rows, "rows": rows, "batches": len(batches)}
 
 
-def teacher_f1(model: Any, reference: Runtime, candidate: Runtime, n: int, data_root: Any, seed: int) -> dict:
-    """Weighted F1 of both runtimes on ``n`` MELD dev utterances (labels in the teacher's label set)."""
+def labelled_f1(model: Any, reference: Runtime, candidate: Runtime, n: int, data_root: Any, seed: int) -> dict | None:
+    """Weighted F1 of both runtimes on ``n`` of the model's labelled inputs
+    (``model.labelled_inputs``: MELD dev utterances for the teacher), or None when it has none."""
     from mmer.metrics import classification_metrics
 
-    samples, labels = teacher_samples(model, n, seed, data_root)
+    labelled = model.labelled_inputs(n, seed, data_root)
+    if labelled is None:
+        return None
+    samples, labels = labelled
     keep = [i for i, y in enumerate(labels) if y >= 0]
     if not keep:
-        return {"status": "skipped", "reason": f"no MELD emotion is in label set {model.label_set!r}"}
+        return {"status": "skipped", "reason": f"no labelled example is in label set {model.label_set!r}"}
     y = [labels[i] for i in keep]
     label_names = list(get_label_set(model.label_set).labels)
     pred = {}
@@ -104,18 +108,21 @@ def gates(precision: str, report: dict, cfg: ParityConfig) -> list[dict]:
                         "passed": v <= cfg.int8_max_f1_drop_points})
         else:
             out.append({"gate": "int8 weighted_f1 drop (points)", "value": None, "threshold": cfg.int8_max_f1_drop_points,
-                        "passed": None, "note": "not applicable: needs labelled data (the teacher on MELD dev)"})
+                        "passed": None, "note": "not applicable: this model has no labelled inputs here "
+                                                "(the teacher's are MELD dev, when it is on disk)"})
     return out
 
 
 def measure_parity(model: Any, reference: Runtime, candidate: Runtime, samples: list[dict[str, np.ndarray]],
-                   precision: str, cfg: ParityConfig, padding_exact: bool = True, data_root: Any = None) -> dict:
+                   precision: str, cfg: ParityConfig, data_root: Any = None) -> dict:
     """Full parity report of ``candidate`` against ``reference`` (the torch runtime of ``model``)."""
-    report = compare(reference, candidate, _batches(samples, padding_exact))
+    report = compare(reference, candidate, _batches(samples, model.contract().padding_exact))
     report.update(precision=precision, reference=reference.describe(), candidate=candidate.describe())
-    if getattr(model, "registry_name", "") == "teacher" and cfg.f1_utterances > 0:
+    if cfg.f1_utterances > 0:
         # Another draw than calibration's (seed 0 by default), so the scored subset is not the calibration set.
-        report["f1"] = teacher_f1(model, reference, candidate, cfg.f1_utterances, data_root, cfg.seed + F1_SEED_OFFSET)
+        f1 = labelled_f1(model, reference, candidate, cfg.f1_utterances, data_root, cfg.seed + F1_SEED_OFFSET)
+        if f1 is not None:
+            report["f1"] = f1
     report["gates"] = gates(precision, report, cfg)
     report["passed"] = all(g["passed"] is not False for g in report["gates"])
     return report

@@ -8,7 +8,7 @@
 * INT8 dynamic (``onnx2int8_dynamic``): weights INT8 ahead of time, activations quantized per
   call (ONNX Runtime CPU; no calibration data).
 * INT8 static (``onnx2int8_static``): QDQ graph calibrated on real inputs (MELD dev utterances
-  for the teacher, generated media for students; :mod:`mmer.export.samples`). ``target="ort"``
+  for the teacher, generated media for students; :mod:`mmer.samples`). ``target="ort"``
   uses ONNX Runtime's CPU layout (uint8 activations, int8 weights); ``target="tensorrt"``
   writes what TensorRT's explicit quantization reads: symmetric int8 activations and weights,
   per-channel weights, unquantized biases, Q/DQ only in front of MatMul/Gemm/Conv. Both
@@ -269,7 +269,7 @@ def onnx2qdq_tensorrt(src: str | Path, dst: str | Path, samples: list[dict[str, 
     if modelopt_available():
         from modelopt.onnx.quantization import quantize as mo_quantize
 
-        from mmer.export.samples import collate
+        from mmer.contract import collate
 
         calibration = collate(samples)
         mo_quantize(str(src), quantize_mode="int8", calibration_data=calibration,

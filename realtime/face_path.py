@@ -21,7 +21,9 @@ holds no face has no visual modality. It is never guessed.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -40,6 +42,8 @@ FRAME_TIMES_KEPT = 10_000     # per-frame processing times kept for benchmarks (
 # A 64x64 crop at batch 1 gains nothing from more intra-op threads, and on a small machine extra
 # OpenMP threads contending with the other stages made single frames 20x slower (measured).
 DEFAULT_TORCH_THREADS = 1
+DEFAULT_NICE = 10                 # the face worker's scheduling step below the rest of the process
+log = logging.getLogger(__name__)
 PROB_FLOOR = 1e-8             # probabilities are clamped here before a log
 TIME_EPS_S = 1e-6             # frames this close to a window edge count as inside it
 REDETECT_NOW = 1 << 30        # "frames since the last full detection" that forces one
@@ -100,6 +104,8 @@ class FacePath:
         history_s: how far back observations are kept.
         block_when_behind: ``push`` waits for the slot instead of dropping (file replay).
         torch_threads: intra-op threads of the worker thread (0: torch's default).
+        nice: how much lower than the rest of the process the worker thread is scheduled (Linux),
+            so the per-utterance prediction gets the cores first; 0 leaves it alone.
         track: "largest": a full-frame detection per frame, the largest face; "follow": a cheap
             search around the followed face, staying on it when a bigger face walks past (the
             largest face when there is none yet or it was lost). See :meth:`_find_face`.
@@ -107,7 +113,7 @@ class FacePath:
 
     def __init__(self, face_model: Any, max_fps: float = DEFAULT_MAX_FPS, history_s: float = DEFAULT_HISTORY_S,
                  block_when_behind: bool = False, track: Literal["largest", "follow"] = "largest",
-                 torch_threads: int = DEFAULT_TORCH_THREADS) -> None:
+                 torch_threads: int = DEFAULT_TORCH_THREADS, nice: int = DEFAULT_NICE) -> None:
         if max_fps <= 0 or history_s <= 0:
             raise ValueError(f"max_fps and history_s must be > 0, got {max_fps}, {history_s}")
         if track not in ("largest", "follow"):
@@ -117,6 +123,7 @@ class FacePath:
         self.label_set: str | None = getattr(getattr(face_model, "model", None), "label_set", None)
         self.max_fps, self.history_s = max_fps, history_s
         self.block_when_behind, self.track, self.torch_threads = block_when_behind, track, torch_threads
+        self.nice = nice
         self._ring: deque[FaceObservation] = deque(maxlen=int(math.ceil(history_s * max_fps)) + 1)
         self._new: deque[FaceObservation] = deque(maxlen=self._ring.maxlen)
         self._cond = threading.Condition()
@@ -245,6 +252,13 @@ class FacePath:
             import torch
 
             torch.set_num_threads(self.torch_threads)  # per thread with OpenMP: the other stages keep theirs
+        if self.nice and hasattr(os, "setpriority"):
+            # Throughput work: a frame may wait a few ms, an utterance's prediction should not wait
+            # for a frame. Linux schedules threads on their own, so this lowers only this one.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except OSError as e:
+                log.info("face path: could not lower its priority (%s)", e)
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._slot is not None or self._stop)
@@ -314,8 +328,6 @@ class FacePath:
         fm = self.face_model
         student = getattr(fm, "model", None)
         if hasattr(fm, "detector") and student is not None and hasattr(fm, "crop_px"):
-            import torch
-
             from mmer.face import crop_face
 
             box = self._find_face(fm.detector, frame.image)
@@ -323,13 +335,9 @@ class FacePath:
                 self._since_full = REDETECT_NOW  # lost: search the whole next frame
                 return FaceObservation(frame.time_s, None, None)
             crop = crop_face(frame.image, box, size=fm.crop_px, gray=True, bgr=True)
-            x = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)).to(getattr(fm, "device", "cpu"))
-            with torch.inference_mode():
-                out = student(x.view(1, 1, 1, *x.shape))  # one frame of one utterance
-            feature = out.features.get("visual")
+            out = student.predict(crop)  # one frame of one utterance, through the student's runtime
             self._last_box = box
-            return FaceObservation(frame.time_s, box, out.probs[0].float().cpu().numpy(),
-                                   None if feature is None else feature[0].float().cpu().numpy())
+            return FaceObservation(frame.time_s, box, out["probs"][0], out["feature"][0])
         box, probs = fm(frame.image)
         if box is None or probs is None:
             return FaceObservation(frame.time_s, None, None)

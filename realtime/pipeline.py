@@ -40,6 +40,7 @@ from mmer.realtime.sinks import CallbackSink, JsonLinesSink, OverlaySink, WebSoc
 EXIT_OK = 0
 EXIT_DEVICE_ERROR = 3                 # a device was lost mid-run (after the pending utterance was flushed)
 READ_TIMEOUT_S = 0.1                  # source reads time out this often so stop requests are seen
+FACE_CATCH_UP_S = 5.0                 # lockstep replays: the longest wait for the face path's backlog
 ASR_POLL_S = 0.002                    # how often the prediction thread checks for a finished transcript
 OVERLAY_MAX_FPS = 15.0                # the --show window redraws at most this often
 JOIN_TIMEOUT_S = 10.0
@@ -79,8 +80,8 @@ class LivePipeline:
         if face_model:
             self.face_path = FacePath(face_model, config.face.max_fps, config.face.history_s,
                                       block_when_behind=block_frames, track=config.face.track,
-                                      torch_threads=config.face.torch_threads)
-        tokenizer = getattr(getattr(predictor, "text_model", None), "tokenizer", None)
+                                      torch_threads=config.face.torch_threads, nice=config.face.nice)
+        tokenizer = getattr(getattr(getattr(predictor, "text", None), "processor", None), "tokenizer", None)
         count = (lambda text: len(tokenizer.encode(text, add_special_tokens=False))) if tokenizer else None
         self.context = DialogueContext(config.context.max_turns, config.context.max_tokens, count)
         self._sinks: list[Any] = []
@@ -166,8 +167,10 @@ class LivePipeline:
             self._texts_cond.notify_all()
 
     def reset_context(self) -> None:
-        """Forget the conversation (a new person walked up)."""
+        """Forget the conversation (a new person walked up): the turns and the speakers' voices."""
         self.context.reset()
+        if hasattr(self.predictor, "reset"):
+            self.predictor.reset()
 
     def reset(self) -> None:
         """Between two recordings: flush, then forget the segmenter state, the face history
@@ -177,7 +180,7 @@ class LivePipeline:
         if self.face_path is not None:
             self.face_path.flush()
             self.face_path.reset()
-        self.context.reset()
+        self.reset_context()
         self._audio_end_s = 0.0
 
     def handle_host_message(self, message: dict) -> dict:
@@ -190,6 +193,15 @@ class LivePipeline:
             if isinstance(item, VadEvent):
                 self._event({"type": "vad", "kind": item.kind, "time_s": round(item.time_s, 3)})
                 continue
+            if self.lockstep and self.face_path is not None:
+                # Live, frames arrive at camera pace and the face path keeps up with them (its own
+                # throughput is measured apart), so when speech is decided over, the frames up to
+                # then are processed. A faster-than-life replay queues them instead: let the path
+                # catch up first, so its backlog is not charged to (or run during) the prediction.
+                t0 = time.perf_counter()
+                self.face_path.wait_until(decided_at_s, FACE_CATCH_UP_S)
+                if item.end_of_speech_wall_s:
+                    item.end_of_speech_wall_s += time.perf_counter() - t0
             if not item.end_of_speech_wall_s:
                 item.end_of_speech_wall_s = time.perf_counter()
             item.speaker = self.config.context.user_speaker
@@ -409,6 +421,8 @@ class LivePipeline:
             self.asr_worker.close(JOIN_TIMEOUT_S)
         if self.face_path is not None:
             self.face_path.close()
+        if hasattr(self.predictor, "close"):
+            self.predictor.close()   # its voice worker; a reused predictor then runs voice inline
         for sink in self._sinks:
             sink.close()
 

@@ -7,6 +7,10 @@ For each finished utterance the :class:`Predictor` runs
 * the voice model on the utterance audio;
 * nothing for the face: the face path already pooled the frames of ``[start_s, end_s]``;
 
+each through the runtime that serves it (:mod:`mmer.serving`: torch, ONNX Runtime, TensorRT or
+TensorRT-RTX, from a checkpoint, an embedded default or an export folder; the model's own
+processor builds the inputs, so every backend sees the same ones),
+
 then maps each modality's probabilities onto the output label set (meld7) with the explicit
 maps of :mod:`mmer.labels`, and fuses them: :class:`mmer.models.late_fusion.LateFusion` for
 separately trained models (the embedded defaults), or :class:`mmer.models.asf.ASF` over the
@@ -122,23 +126,41 @@ def _ms_since(t0: float) -> float:
 
 
 def model_summary(model: Any, source: str | None) -> str:
-    """One line: registry name, label set, where it came from and its recorded provenance."""
-    meta = getattr(model, "checkpoint_meta", None) or {}
-    prov = meta.get("provenance") or {}
+    """One line: model name, where it came from, the runtime serving it, label set, provenance."""
+    from mmer.serving import Served
+
+    if isinstance(model, Served):
+        prov, name, serving = model.provenance, model.name, f" on {model.describe()}"
+    else:
+        prov = (getattr(model, "checkpoint_meta", None) or {}).get("provenance") or {}
+        name, serving = getattr(model, "registry_name", type(model).__name__), ""
     items = [(k, str(v)) for k, v in prov.items() if isinstance(v, (str, int, float))][:PROVENANCE_ITEMS]
     what = ", ".join(f"{k}={v if len(v) <= PROVENANCE_CHARS else v[:PROVENANCE_CHARS - 3] + '...'}"
                      for k, v in items) or "none recorded"
-    serving = f", served as {model.serving_precision}" if getattr(model, "serving_precision", None) else ""
-    return f"{getattr(model, 'registry_name', type(model).__name__)} '{source}'{serving} " \
-           f"(label set {getattr(model, 'label_set', '?')}; provenance: {what})"
+    return f"{name} '{source}'{serving} (label set {getattr(model, 'label_set', '?')}; provenance: {what})"
+
+
+def as_served(model: Any, modality: str, role: str) -> Any:
+    """A :class:`mmer.serving.Served` of the given modality: ``model`` itself, or a torch model
+    served by the torch runtime. The model's contract says its modality; another one is refused."""
+    from mmer.serving import Served, serve
+
+    if model is None:
+        return None
+    served = model if isinstance(model, Served) else serve(model, "torch", device=str(getattr(model, "device", "cpu")))
+    if served.modality != modality:
+        raise ValueError(f"the {role} model must read {modality}, but '{served.name}' ({served.source}) reads "
+                         f"{served.modality}")
+    return served
 
 
 class Predictor:
     """Runs, calibrates and fuses the per-utterance models.
 
     Args:
-        text_model: a :class:`mmer.models.teacher.Teacher`, or None.
-        voice_model: a :class:`mmer.models.audio_student.AudioStudent`, or None.
+        text_model: a served text model (:class:`mmer.serving.Served`; a torch model is served
+            by the torch runtime), or None.
+        voice_model: a served voice model (or a torch one), or None.
         face_label_set: label set of the face path's probabilities (None: no face modality).
         fusion: a ``LateFusion`` or ``ASF`` model, or None for a late fusion built from the
             modalities' label sets with each modality's calibrated reliability as base weight.
@@ -147,39 +169,46 @@ class Predictor:
         text_neutral_defers: a "neutral" reading of the words is no evidence against an emotion
             in the voice or face (RAVDESS actors say neutral sentences angrily): when another
             modality votes, a text model whose top class is neutral abstains.
+        parallel: run the voice model in a worker thread while the text model runs in the
+            caller's (ONNX Runtime and torch release the GIL): an utterance costs the slower of
+            the two instead of their sum. Give each runtime one intra-op thread on small machines.
 
     Each modality's probabilities are ``softmax(logits / T)`` with the temperature saved in its
     checkpoint; a modality abstains (weight 0, reason in the prediction's ``abstained``) when its
     input is out of range (audio too short, clipped or near-silent; no words; no face) or its
     calibrated confidence is below its checkpoint's ``min_confidence``. A whisper-family voice
     model is normalised by the speaker's running statistics (mmer.speaker_norm), keyed by
-    ``Utterance.speaker``.
+    ``Utterance.speaker`` (the voice model's processor keeps them; :meth:`reset` forgets them).
     """
 
     def __init__(self, text_model: Any = None, voice_model: Any = None, face_label_set: str | None = None,
                  fusion: Any = None, face_feature_dim: int | None = None, face_calibration: Any = None,
-                 text_neutral_defers: bool = True) -> None:
+                 text_neutral_defers: bool = True, parallel: bool = False) -> None:
         from mmer.calibration import Calibration
         from mmer.models.late_fusion import LateFusion, LateFusionDims
-        from mmer.speaker_norm import SpeakerNormalizer
 
-        self.text_model, self.voice_model, self.face_label_set = text_model, voice_model, face_label_set
+        self.text = as_served(text_model, "text", "text")
+        self.voice = as_served(voice_model, "audio", "voice")
+        self.face_label_set = face_label_set
         self.labels = get_label_set(OUTPUT_LABEL_SET).labels
-        sources = {"text": getattr(text_model, "label_set", None), "audio": getattr(voice_model, "label_set", None),
+        sources = {"text": getattr(self.text, "label_set", None), "audio": getattr(self.voice, "label_set", None),
                    "visual": face_label_set}
         self.source_label_sets = {m: s for m, s in sources.items() if s is not None}
         if not self.source_label_sets:
             raise ValueError("the predictor needs at least one of a text, voice or face model")
         self.maps = {m: get_label_map(s, OUTPUT_LABEL_SET) for m, s in self.source_label_sets.items()}
-        self.calibration = {"text": Calibration.of(text_model), "audio": Calibration.of(voice_model),
+        self.calibration = {"text": self.text.calibration if self.text else Calibration(),
+                            "audio": self.voice.calibration if self.voice else Calibration(),
                             "visual": face_calibration or Calibration()}
         self.text_neutral_defers = text_neutral_defers
-        self.speaker_norm = (SpeakerNormalizer.for_model(voice_model)
-                             if getattr(getattr(voice_model, "dims", None), "family", None) == "whisper" else None)
+        self._pool = None
+        if parallel and self.text is not None and self.voice is not None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmer-voice")
         self.sources: dict[str, str | None] = {}  # where each model came from (set by load_stack)
         self.asf = None
-        if fusion is not None and getattr(fusion, "registry_name", "") == "asf":
-            self.asf = fusion
+        if fusion is not None and getattr(fusion, "fuses", "") == "features":
+            self.asf = fusion                # a feature-level fusion (TelME's ASF), as opposed to late fusion
             self._check_asf(face_feature_dim)
             fusion = None
         if fusion is None:
@@ -187,9 +216,10 @@ class Predictor:
             sets = tuple(self.source_label_sets.get(m, OUTPUT_LABEL_SET) for m in MODALITIES)
             weights = tuple(self.calibration[m].reliability for m in MODALITIES)
             fusion = LateFusion(LateFusionDims(modalities=MODALITIES, source_label_sets=sets, base_weights=weights))
-        elif getattr(fusion, "registry_name", "") != "late_fusion":
+        elif getattr(fusion, "fuses", "") != "probabilities":
             kind = getattr(fusion, "registry_name", type(fusion).__name__)
-            raise ValueError(f"fusion model must be 'late_fusion' or 'asf', got '{kind}'")
+            raise ValueError(f"the fusion model must fuse the modalities' probabilities (late_fusion) or their "
+                             f"features (asf); '{kind}' does neither")
         else:
             self._check_late_fusion(fusion)
         self.late_fusion = fusion.eval()
@@ -197,10 +227,10 @@ class Predictor:
     # -- checks ----------------------------------------------------------------------------
     def _check_asf(self, face_feature_dim: int | None) -> None:
         dim = self.asf.dims.kd_dim
-        if self.text_model is None:
+        if self.text is None:
             raise ValueError("an ASF fusion is led by the text teacher: give a text model too")
-        widths = {"text": self.text_model.dims.kd_dim,
-                  "audio": getattr(getattr(self.voice_model, "dims", None), "kd_dim", dim),
+        widths = {"text": self.text.dims.kd_dim,
+                  "audio": getattr(getattr(self.voice, "dims", None), "kd_dim", dim),
                   "visual": face_feature_dim if face_feature_dim is not None else dim}
         wrong = {m: w for m, w in widths.items() if w != dim}
         if wrong:
@@ -229,8 +259,28 @@ class Predictor:
     def fusion_name(self) -> str:
         return "asf" if self.asf is not None else "late"
 
+    @property
+    def text_model(self) -> Any:
+        """The served text model (:class:`mmer.serving.Served`), or None."""
+        return self.text
+
+    @property
+    def voice_model(self) -> Any:
+        """The served voice model, or None."""
+        return self.voice
+
+    def reset(self) -> None:
+        """A new conversation: forget the speakers' running voice statistics."""
+        if self.voice is not None:
+            self.voice.reset()
+
+    def close(self) -> None:
+        """Stop the voice worker thread (parallel mode); idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     # -- prediction -------------------------------------------------------------------------
-    @torch.inference_mode()
     def predict(self, utterance: Utterance, turns: Sequence[Turn] | None = None,
                 face: FaceEvidence | None = None) -> Prediction:
         """Classify one utterance.
@@ -242,35 +292,36 @@ class Predictor:
         Stage times are added to ``utterance.timings_ms`` ("text", "voice", "fusion").
         """
         src_probs: dict[str, np.ndarray] = {}
-        feats: dict[str, torch.Tensor] = {}
+        feats: dict[str, np.ndarray] = {}
         abstained: dict[str, str] = {}
         timings = utterance.timings_ms
-        if self.text_model is not None:
-            if turns and turns[-1].text.strip():
-                t0 = time.perf_counter()
-                prompt = self.text_model.prompt
-                batch = prompt.collate([prompt.encode(list(turns), -1)])
-                device = self.text_model.device
-                out = self.text_model(input_ids=batch["input_ids"].to(device),
-                                      attention_mask=batch["attention_mask"].to(device))
-                src_probs["text"] = self.calibration["text"].probs(out.logits[0].float().cpu().numpy())
-                feats["text"] = out.features["text"]
-                timings["text"] = _ms_since(t0)
-            else:
-                abstained["text"] = "no words"
-        if self.voice_model is not None:
+        voice_job = None
+        if self.voice is not None:
             reason = voice_input_problem(utterance.audio)
             if reason:
                 abstained["audio"] = reason
+            elif self._pool is not None:
+                voice_job = self._pool.submit(self._run_voice, utterance)
             else:
+                voice_job = _Done(self._run_voice(utterance))
+        if self.text is not None:
+            if turns and turns[-1].text.strip():
                 t0 = time.perf_counter()
-                src_probs["audio"], feats["audio"] = self._voice(utterance)
-                timings["voice"] = _ms_since(t0)
+                out = self.text.predict(list(turns))
+                src_probs["text"] = self.calibration["text"].probs(out["logits"][0])
+                feats["text"] = out["feature"]
+                timings["text"] = _ms_since(t0)
+            else:
+                abstained["text"] = "no words"
+        if voice_job is not None:
+            out, timings["voice"] = voice_job.result()
+            src_probs["audio"] = self.calibration["audio"].probs(out["logits"][0])
+            feats["audio"] = out["feature"]
         if self.face_label_set is not None:
             if face is not None:
                 src_probs["visual"] = face.probs
                 if face.feature is not None:
-                    feats["visual"] = torch.from_numpy(face.feature)[None]
+                    feats["visual"] = np.asarray(face.feature, np.float32)[None]
             else:
                 abstained["visual"] = "no face"
 
@@ -301,44 +352,39 @@ class Predictor:
             confidence=float(fused[best]) if present else 0.0, fusion=fusion if present else "none",
             split=utterance.split, face=face_info, abstained=abstained, weights=weights)
 
-    def _voice(self, utterance: Utterance) -> tuple[np.ndarray, torch.Tensor]:
-        """Calibrated voice probabilities (S,) and feature (1, D); the whisper family reuses the
-        shared encoder pass of speech-to-text when the utterance carries it."""
-        model = self.voice_model
-        wav = torch.from_numpy(np.ascontiguousarray(utterance.audio, dtype=np.float32))[None].to(model.device)
-        if self.speaker_norm is None:
-            out = model(wav)
-        else:
-            max_samples = int(model.dims.max_audio_s * model.dims.sample_rate_hz)
-            # The shared pass covers the whole utterance; past the voice model's cap it is not
-            # what the model would compute, so the model encodes its own first max_audio_s.
-            hidden = utterance.encoder_hidden if wav.shape[1] <= max_samples else None
-            wav = wav[:, :max_samples]
-            pooled = model.encode_whisper(wav, torch.ones_like(wav), hidden=hidden)
-            mean, std = self.speaker_norm.update(utterance.speaker, pooled[0].float().cpu().numpy())
-            out = model.classify(pooled, torch.from_numpy(mean).to(model.device), torch.from_numpy(std).to(model.device))
-        return self.calibration["audio"].probs(out.logits[0].float().cpu().numpy()), out.features["audio"]
+    def _run_voice(self, utterance: Utterance) -> tuple[dict[str, np.ndarray], float]:
+        t0 = time.perf_counter()
+        out = self.voice.predict(np.ascontiguousarray(utterance.audio, dtype=np.float32),
+                                 speaker=utterance.speaker, hidden=utterance.encoder_hidden)
+        return out, _ms_since(t0)
 
     def _fuse(self, mapped: dict[str, np.ndarray],
-              feats: dict[str, torch.Tensor]) -> tuple[np.ndarray, str, dict[str, float]]:
+              feats: dict[str, np.ndarray]) -> tuple[np.ndarray, str, dict[str, float]]:
         """(C,) fused probabilities over meld7, the fusion used ("asf", "late", "single", "none")
         and the weight each voting modality received."""
         if self.asf is not None and "text" in feats:
-            dev = self.asf.device
-            out = self.asf(text=feats["text"].to(dev),
-                           audio=feats["audio"].to(dev) if "audio" in feats else None,
-                           visual=feats["visual"].to(dev) if "visual" in feats else None)
-            probs = out.probs[0].float().cpu().numpy()
-            return get_label_map(self.asf.label_set, OUTPUT_LABEL_SET).map_probs(probs), "asf", {}
+            out = self.asf.predict({m: feats[m][0] for m in feats})
+            return get_label_map(self.asf.label_set, OUTPUT_LABEL_SET).map_probs(out["probs"][0]), "asf", {}
         if not mapped:
             return np.full(len(self.labels), 1.0 / len(self.labels), dtype=np.float32), "none", {}
         dev = self.late_fusion.device
         probs = {m: torch.from_numpy(p)[None].to(dev) for m, p in mapped.items()}
         covered = {m: torch.from_numpy(self.maps[m].covered()).to(dev) for m in mapped}
-        out = self.late_fusion(probs, covered=covered)
+        with torch.inference_mode():
+            out = self.late_fusion(probs, covered=covered)
         weights = {m: float(w) for m, w in zip(self.late_fusion.dims.modalities, out.features["weights"][0])
                    if m in mapped}
         return out.probs[0].float().cpu().numpy(), "late" if len(mapped) > 1 else "single", weights
+
+
+class _Done:
+    """A finished job with the ``result()`` of a future (the voice model run inline)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
 
 
 def voice_input_problem(audio: np.ndarray) -> str:
@@ -354,37 +400,44 @@ def voice_input_problem(audio: np.ndarray) -> str:
 
 
 # -- loading ------------------------------------------------------------------------------------
-EXPECTED_KIND = {"text": ("teacher",), "voice": ("audio_student",), "face": ("visual_student",),
-                 "fusion": ("late_fusion", "asf")}
+ROLE_MODALITY = {"text": "text", "voice": "audio", "face": "visual"}
 
 
 def load_model(role: str, spec: str | Path, device: str = "cpu") -> Any:
-    """Load the checkpoint folder or embedded default ``spec`` for ``role`` and check its kind."""
+    """Load the checkpoint folder or embedded default ``spec`` as a torch model for ``role``
+    (``text``, ``voice``, ``face``: the model's contract must read that modality; ``fusion``:
+    a late fusion or a feature-level fusion checkpoint)."""
     import mmer
 
     model = mmer.load(spec, device=device)
-    kinds = EXPECTED_KIND[role]
-    if model.registry_name not in kinds:
-        raise ValueError(f"--{role}-model {spec}: a '{model.registry_name}' checkpoint, expected {' or '.join(kinds)}")
+    wanted = ROLE_MODALITY.get(role, "fusion")
+    if getattr(model, "modality", "") != wanted:
+        raise ValueError(f"--{role}-model {spec}: a '{model.registry_name}' checkpoint reads "
+                         f"{getattr(model, 'modality', '?') or 'no single modality'}, the {role} model must read {wanted}")
     return model
 
 
-def load_text_model(models: Any) -> Any:
-    """The text teacher; with ``models.text_int8`` on a CPU, its Linear layers run as dynamic INT8."""
-    model = load_model("text", models.text, models.device)
-    if models.text_int8 and str(models.device) == "cpu":
-        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        quantized.checkpoint_meta = getattr(model, "checkpoint_meta", {})
-        quantized.serving_precision = "dynamic int8"
-        return quantized
-    return model
+def serve_model(role: str, spec: str | Path, models: Any) -> Any:
+    """Serve ``spec`` (checkpoint, embedded default or export folder) for ``role`` with the runtime
+    and precision ``models`` (:class:`mmer.realtime.config.ModelsConfig`) gives that role."""
+    from mmer.serving import serve
+
+    runtime = getattr(models, f"{role}_runtime", "auto")
+    runtime = models.runtime if runtime == "auto" else runtime
+    served = serve(spec, runtime, device=models.device, precision=getattr(models, f"{role}_precision", None),
+                   threads=models.ort_threads or None)
+    if served.modality != ROLE_MODALITY[role]:
+        raise ValueError(f"--{role}-model {spec}: '{served.name}' reads {served.modality}, the {role} model must "
+                         f"read {ROLE_MODALITY[role]}")
+    return served
 
 
-def load_face_model(spec: str | Path, device: str = "cpu") -> Any:
-    """The face path's model: a Haar detector + an edge visual student (mmer.face)."""
+def load_face_model(spec: str | Path, models: Any) -> Any:
+    """The face path's model: a Haar detector + an edge visual student (mmer.face), served as
+    ``models`` says."""
     from mmer.face import FaceExpressionModel
 
-    return FaceExpressionModel(load_model("face", spec, device), device=device)
+    return FaceExpressionModel(serve_model("face", spec, models))
 
 
 def load_stack(models: Any, predictor: Predictor | None = None, face_model: Any = None) -> tuple[Predictor, Any]:
@@ -393,19 +446,18 @@ def load_stack(models: Any, predictor: Predictor | None = None, face_model: Any 
     Returns (predictor, face model or False when the face modality is off). The predictor's
     ``sources`` names where each model came from (for the start-up report).
     """
-    from mmer.calibration import Calibration
-
     if face_model is None:
-        face_model = load_face_model(models.face, models.device) if models.face else False
+        face_model = load_face_model(models.face, models) if models.face else False
     if predictor is None:
         student = getattr(face_model, "model", None) if face_model else None
         predictor = Predictor(
-            text_model=load_text_model(models) if models.text else None,
-            voice_model=load_model("voice", models.voice, models.device) if models.voice else None,
+            text_model=serve_model("text", models.text, models) if models.text else None,
+            voice_model=serve_model("voice", models.voice, models) if models.voice else None,
             face_label_set=getattr(student, "label_set", None) if face_model else None,
             face_feature_dim=getattr(getattr(student, "dims", None), "kd_dim", None),
-            face_calibration=Calibration.of(student) if face_model else None,
-            fusion=load_model("fusion", models.fusion, models.device) if models.fusion else None)
+            face_calibration=getattr(student, "calibration", None) if face_model else None,
+            fusion=load_model("fusion", models.fusion, models.device) if models.fusion else None,
+            parallel=models.parallel)
         predictor.sources = {"text": models.text, "voice": models.voice,
                              "face": models.face if face_model else None, "fusion": models.fusion}
     return predictor, face_model

@@ -112,8 +112,11 @@ class EvalError(ValueError):
 
 def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root: str | None = None,
                         fold: int | None = None, limit: int = 0, batch_size: int = 16,
-                        device: str = "auto") -> tuple[dict, str]:
-    """Score a checkpoint folder or embedded default on one split; returns (metrics, report text).
+                        device: str = "auto", runtime: str = "auto", precision: str | None = None) -> tuple[dict, str]:
+    """Score a checkpoint folder, an embedded default or an export folder (mmer-export; served by
+    ``runtime``, default its own, so the deployed artefact itself is scored) on one split;
+    returns (metrics, report text). A checkpoint with ``runtime`` other than auto is served by it
+    (onnxruntime: the graph at ``precision`` built once into the cache, mmer.serving).
 
     Teachers read the dialogue text, audio students the clips' audio, visual students their
     frames (face-cropped for the edge family); an ASF checkpoint is fed by the teacher and
@@ -135,33 +138,39 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     from mmer.labels import get_label_map, get_label_set
     from mmer.training.datasets import dataset_class
     from mmer.training.recipes import DataConfig
-    from mmer.training.stages import MODALITY_OF, build_split, label_set_of, run_frozen
+    from mmer.registry import MODELS
+    from mmer.runtime import is_export_folder, read_card
+    from mmer.training.stages import build_split, label_set_of, run_frozen, run_served
     from mmer.training.trainer import resolve_device
 
-    folder = resolve(model)
-    meta = read_meta(folder)
+    import mmer.models  # noqa: F401  (fills the registry)
+
+    exported = is_export_folder(model)
+    folder = Path(model) if exported else resolve(model)
+    meta = read_card(folder) if exported else read_meta(folder)
     kind, model_labels = meta["model"], meta["label_set"]
+    modality = MODELS.get(kind).modality
     dev = resolve_device(device)
     cfg = DataConfig(name=data, root=root, clips_root=clips_root, fold=fold, limit=limit,
                      classes=4 if model_labels == "iemocap4" else 6)
     parts: dict[str, str] = {}
-    if kind == "asf":
+    if modality == "fusion" and not exported:
         prov = meta.get("provenance", {})
         parts = {m: prov.get(key) for m, key in (("text", "teacher"), ("audio", "audio_student"),
                                                  ("visual", "visual_student")) if prov.get(key)}
         if "text" not in parts:
             raise EvalError(f"{folder}: this fusion checkpoint does not name its teacher in its provenance")
-    elif kind in MODALITY_OF:
-        parts = {MODALITY_OF[kind]: str(folder)}
+    elif modality in ("text", "audio", "visual"):
+        parts = {modality: str(folder)}
     else:
-        raise EvalError(f"mmer-eval has no input pipeline for a '{kind}' model; it scores teacher, audio_student, "
-                        f"visual_student and asf checkpoints")
+        raise EvalError(f"mmer-eval has no input pipeline for a '{kind}' model; it scores text, voice and face "
+                        f"models (checkpoints or export folders) and feature-fusion checkpoints")
     corpus = dataset_class(data)
     if not set(parts) <= set(corpus.labelled_modalities):
         raise EvalError(f"{corpus.title} has only {' and '.join(corpus.labelled_modalities)} with labels; a '{kind}' "
                         f"model reads {' and '.join(parts)} and cannot be scored on it")
     if "visual" in parts:
-        vdims = read_meta(parts["visual"])["dims"]
+        vdims = (read_card if is_export_folder(parts["visual"]) else read_meta)(parts["visual"])["dims"]
         cfg = replace(cfg, frame_size_px=vdims["image_size"], n_frames=vdims["num_frames"],
                       face_crop=vdims["family"] == "edge")
     data_labels = label_set_of(cfg)
@@ -173,9 +182,18 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
         raise EvalError(f"{data} {split} (fold {fold}): no samples to score"
                         + ("; TESS without --fold keeps both speakers in train, pass --fold 0 or 1"
                            if data == "tess" and fold is None else ""))
-    outputs = {m: run_frozen(mmer.load(path, device=str(dev)), dataset, dataset.samples, batch_size, dev)
-               for m, path in parts.items()}
-    if kind == "asf":
+    if exported or runtime != "auto":
+        from mmer.serving import serve
+
+        if modality not in parts:
+            raise EvalError(f"--runtime serves one model; a '{kind}' fusion checkpoint is scored in torch (drop --runtime)")
+        served = serve(folder, runtime=runtime, precision=precision)
+        outputs = {modality: run_served(served, dataset, dataset.samples)}
+        kind = f"{kind} ({meta.get('export_format', 'checkpoint')} on {served.describe()})"
+    else:
+        outputs = {m: run_frozen(mmer.load(path, device=str(dev)), dataset, dataset.samples, batch_size, dev)
+                   for m, path in parts.items()}
+    if modality == "fusion":
         fusion = mmer.load(folder, device=str(dev))
         zeros = np.zeros_like(outputs["text"]["feature"])
         with torch.no_grad():
@@ -277,10 +295,11 @@ def eval_report(metrics: dict) -> str:
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of ``mmer-eval MODEL --data NAME --split SPLIT --data-root DIR [--json OUT]``."""
     parser = argparse.ArgumentParser(
-        prog="mmer-eval", description="Score a checkpoint folder or an embedded default on a dataset split: "
+        prog="mmer-eval", description="Score a checkpoint folder, an embedded default or an export folder "
+        "(mmer-export: the deployed artefact itself, on its runtime) on a dataset split: "
         "per-class report, weighted/macro F1, accuracy, UA/WA; on DailyDialog micro-F1 without neutral. "
         "ravdess and dailydialog are evaluation-only sets (split test).")
-    parser.add_argument("model", help="checkpoint folder, embedded default name, or 'default' for the whole "
+    parser.add_argument("model", help="checkpoint folder, embedded default name, export folder, or 'default' for the whole "
                         "default live stack (calibrated modalities + fusion) over the set's audio and/or text")
     parser.add_argument("--data", required=True, choices=dataset_names())
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"],
@@ -292,17 +311,28 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="score only the first N samples")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runtime", default="auto", help="what serves the model: auto (an export folder's own "
+                        "runtime; checkpoints in batched torch), torch, onnxruntime, tensorrt, tensorrt-rtx")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8", "int8-static"],
+                        help="with --runtime onnxruntime on a checkpoint: the graph to build (default fp32)")
     parser.add_argument("--json", help="write the metrics here, and the confusion matrix next to it (.png)")
     args = parser.parse_args(argv)
     _setup_logging()
+    from mmer.runtime import RuntimeUnavailable
+    from mmer.serving import ServeError
+
     try:
         if args.model == "default":
             metrics, report = evaluate_default(args.data, args.split, args.data_root, args.limit)
         else:
             metrics, report = evaluate_checkpoint(args.model, data=args.data, split=args.split, root=args.data_root,
                                                   clips_root=args.clips_root, fold=args.fold, limit=args.limit,
-                                                  batch_size=args.batch_size, device=args.device)
-    except (EvalError, *USER_ERRORS) as e:
+                                                  batch_size=args.batch_size, device=args.device,
+                                                  runtime=args.runtime, precision=args.precision)
+    except KeyError as e:                 # an unknown runtime name, with the closest registered one
+        print(f"mmer-eval: {e.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except (EvalError, ServeError, RuntimeUnavailable, *USER_ERRORS) as e:
         print(f"mmer-eval: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(report)

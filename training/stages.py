@@ -177,7 +177,7 @@ def run_teacher(recipe: TeacherRecipe, resume: bool = False) -> dict:
 
 # -- frozen models on samples (shared by the student and fusion stages and by mmer-eval) -------
 MAX_PIXEL = 255.0
-MODALITY_OF = {"teacher": "text", "audio_student": "audio", "visual_student": "visual"}
+LUMA_RGB = (0.299, 0.587, 0.114)   # RGB -> gray, for graphs that read gray face crops (C = 1)
 
 
 def media_batch(dataset: EmotionDataset, samples: Sequence[Sample], modality: str,
@@ -223,10 +223,11 @@ def run_frozen(model, dataset: EmotionDataset, samples: Sequence[Sample], batch_
     Returns {"logits": (n, C), "feature": (n, D), "present": (n,) float 1/0}. Rows whose clip
     is unusable get zero logits and features (no evidence) and present 0.
     """
-    modality = MODALITY_OF.get(model.registry_name)
-    if modality is None:
-        raise ValueError(f"no input pipeline for a '{model.registry_name}' model")
-    if getattr(model.dims, "family", None) == "whisper":  # speaker-normalised: speakers met in order
+    modality = getattr(model, "modality", "")
+    if modality not in ("text", "audio", "visual"):
+        raise ValueError(f"no input pipeline for a '{model.registry_name}' model (it reads {modality or 'nothing'}; "
+                         f"frozen outputs come from text, audio or visual models)")
+    if model.contract().speaker_state:  # speaker-normalised: speakers met in order
         from mmer.training.voice import speaker_causal_outputs
 
         return speaker_causal_outputs(model, dataset, samples)
@@ -250,6 +251,49 @@ def run_frozen(model, dataset: EmotionDataset, samples: Sequence[Sample], batch_
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+def run_served(served: Any, dataset: EmotionDataset, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """What :func:`run_frozen` returns, from any served artefact (:mod:`mmer.serving`: an export
+    folder on ONNX Runtime or TensorRT, or a checkpoint on torch), one sample at a time through
+    the model's own processor. Speaker-stateful models meet the speakers in the live order."""
+    from mmer.training.voice import causal_order
+
+    modality = served.modality
+    if modality not in ("text", "audio", "visual"):
+        raise ValueError(f"no input pipeline for a '{served.name}' model (it reads {modality})")
+    order = causal_order([s.speaker or s.dialogue_id for s in samples]) if served.contract.speaker_state \
+        else range(len(samples))
+    served.reset()
+    logits: list = [None] * len(samples)
+    feats: list = [None] * len(samples)
+    present = np.zeros(len(samples), np.float32)
+    gray = served.contract.input("frames").shape[2] == 1 if modality == "visual" else False
+    for done, i in enumerate(order, 1):
+        s = samples[i]
+        if modality == "text":
+            out = served.predict(list(s.turns), target=s.target_index)
+        elif modality == "audio":
+            clip = dataset.load_audio(s)
+            if not clip.valid or clip.data.size == 0:
+                continue
+            out = served.predict(clip.data, speaker=s.speaker or s.dialogue_id)
+        else:
+            batch = media_batch(dataset, [s], "visual")
+            if not bool(batch["present"][0]):
+                continue
+            frames = batch["frames"][0].numpy()                       # (N, 3, S, S) RGB in [0, 1]
+            if gray:
+                frames = np.tensordot(np.asarray(LUMA_RGB, np.float32), frames, axes=([0], [1]))  # (N, S, S)
+            out = served.predict(frames)
+        logits[i], feats[i], present[i] = out["logits"][0], out["feature"][0], 1.0
+        if done % 200 == 0:
+            log.info("%s outputs %s %s: %d/%d", served.name, dataset.name, dataset.split, done, len(samples))
+    width = next((f.shape[-1] for f in feats if f is not None), 0)
+    classes = len(served.labels)
+    return {"logits": np.stack([l if l is not None else np.zeros(classes, np.float32) for l in logits]),
+            "feature": np.stack([f if f is not None else np.zeros(width, np.float32) for f in feats]),
+            "present": present}
+
+
 def cached_outputs(checkpoint: str, datasets: dict[str, EmotionDataset], cache_dir: str | Path,
                    batch_size: int, device: torch.device, media: MediaOptions) -> tuple[Any, dict[str, dict]]:
     """Load a frozen checkpoint and its outputs on every sample (computed once, then from disk).
@@ -260,9 +304,9 @@ def cached_outputs(checkpoint: str, datasets: dict[str, EmotionDataset], cache_d
     for p in model.parameters():
         p.requires_grad_(False)
     settings: dict = {"role": model.registry_name}
-    media_keys = {"audio_student": ("sample_rate_hz", "max_audio_s", "silence_peak"),
-                  "visual_student": ("n_frames", "frame_size_px", "face_crop")}.get(model.registry_name, ())
-    if model.registry_name == "teacher":
+    media_keys = {"audio": ("sample_rate_hz", "max_audio_s", "silence_peak"),
+                  "visual": ("n_frames", "frame_size_px", "face_crop")}.get(model.modality, ())
+    if model.modality == "text":
         settings["max_tokens"] = model.dims.max_tokens
     settings.update({k: v for k, v in media.to_dict().items() if k in media_keys})
     cache = FeatureCache(cache_dir, encoder_fingerprint(checkpoint, **settings), meta={"checkpoint": str(checkpoint),

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmer.labels import get_label_set
+from mmer.contract import BATCH, Contract, Processor, TensorSpec
 from mmer.models.base import MmerModel
 from mmer.models.blocks import LAYER_NORM_EPS, ModalityTokenAttention
 from mmer.outputs import EmotionOutput
@@ -82,6 +84,8 @@ class ASF(MmerModel):
     stage of the recipe; teacher and students are frozen feature extractors)."""
 
     registry_name = "asf"
+    modality = "fusion"
+    fuses = "features"          # fuses the modalities' features (the predictor feeds it the feature of each)
     Dims = ASFDims
 
     def __init__(self, dims: ASFDims) -> None:
@@ -171,3 +175,38 @@ class ASF(MmerModel):
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         features = {"fused": fused, "shift": shift, "lambda": lam, "attended": f_av}
         return EmotionOutput.from_logits(logits, features, loss)
+
+    # -- contract (mmer.contract) -----------------------------------------------------------
+    def build_contract(self) -> Contract:
+        d = self.dims.kd_dim
+        return Contract("asf", "fusion", tuple(TensorSpec(m, "float32", (BATCH, d)) for m in ("text", "audio", "visual"))
+                        + tuple(TensorSpec(f"{m}_present", "bool", (BATCH,)) for m in ("audio", "visual")),
+                        feature="fused")
+
+    def example_inputs(self, n: int = 2, seed: int = 0, data_root: Any = None, data: str = "meld-dev",
+                       audio_range_s: Any = None) -> list:
+        """Teacher/student-like features (unit-scale Gaussian vectors), some modalities absent."""
+        from mmer.samples import asf_samples
+
+        return asf_samples(n, self.dims.kd_dim, seed)
+
+    @classmethod
+    def processor_for(cls, dims: ASFDims, folder: Any = None, card: dict | None = None) -> Processor:
+        return FeaturesProcessor(dims.kd_dim)
+
+
+class FeaturesProcessor(Processor):
+    """{"text": (D,), "audio": (D,) or None, "visual": (D,) or None} -> the ASF's inputs; an
+    absent (None or missing) student feature is zeros with its ``*_present`` flag off."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def inputs(self, raw: Any, **context: Any) -> dict:
+        out = {}
+        for m in ("text", "audio", "visual"):
+            v = raw.get(m)
+            out[m] = np.zeros((1, self.dim), np.float32) if v is None else np.asarray(v, np.float32).reshape(1, -1)
+        for m in ("audio", "visual"):
+            out[f"{m}_present"] = np.array([raw.get(m) is not None])
+        return out

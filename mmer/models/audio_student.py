@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import numpy as np
+
 from mmer.audio import SAMPLE_RATE_HZ, LogMel
+from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
 from mmer.labels import get_label_set
 from mmer.models.base import MmerModel
 from mmer.outputs import EmotionOutput
@@ -306,6 +309,7 @@ class AudioStudent(MmerModel):
 
     registry_name = "audio_student"
     Dims = AudioStudentDims
+    modality = "audio"
 
     def __init__(self, dims: AudioStudentDims, encoder_config: Any = None, encoder: nn.Module | None = None,
                  feature_extractor: Any = None) -> None:
@@ -462,3 +466,128 @@ class AudioStudent(MmerModel):
         else:
             pooled = self.encode_hf(waveform, attention_mask)
         return self.classify(pooled, feature_mean, feature_std, labels)
+
+    # -- contract (mmer.contract) ---------------------------------------------------------
+    @property
+    def max_samples(self) -> int:
+        return int(self.dims.max_audio_s * self.dims.sample_rate_hz)
+
+    def build_contract(self) -> Contract:
+        """waveform / attention_mask (B, samples); the whisper family also takes the speaker's
+        running statistics so far (count (B, 1), mean and M2 (B, H): Welford's sums, the prior
+        included) and gives back the pooled feature that extends them."""
+        wave = (BATCH, "samples")
+        inputs = (TensorSpec("waveform", "float32", wave), TensorSpec("attention_mask", "int64", wave))
+        extra: tuple[str, ...] = ()
+        if self.dims.family == "whisper":
+            width = self.encoder.dims.width
+            inputs += (TensorSpec("speaker_count", "float32", (BATCH, 1)),
+                       TensorSpec("speaker_mean", "float32", (BATCH, width)),
+                       TensorSpec("speaker_m2", "float32", (BATCH, width)))
+            extra = ("audio_pooled",)
+        exact = not (self.dims.family == "hf" and not getattr(self, "padding_exact", True))
+        return Contract("audio_student", "audio", inputs, feature="audio", extra_outputs=extra, padding_exact=exact,
+                        sequence=SequenceAxis("audio", self.max_samples, self.dims.sample_rate_hz),
+                        speaker_state=self.dims.family == "whisper")
+
+    def head_with_speaker(self, pooled: torch.Tensor, count: torch.Tensor, mean: torch.Tensor,
+                          m2: torch.Tensor) -> EmotionOutput:
+        """whisper family: add this utterance to the speaker's statistics (Welford) and classify it
+        normalised by them, as :meth:`mmer.speaker_norm.SpeakerNormalizer.update` does."""
+        from mmer.speaker_norm import VAR_FLOOR as SPEAKER_VAR_FLOOR
+
+        n = count + 1.0
+        delta = pooled - mean
+        new_mean = mean + delta / n
+        var = ((m2 + delta * (pooled - new_mean)) / n).clamp(min=SPEAKER_VAR_FLOOR)
+        return self.classify(pooled, new_mean, var.sqrt())
+
+    def graph_outputs(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.dims.family != "whisper":
+            return super().graph_outputs(**inputs)
+        wav = inputs["waveform"][:, :self.max_samples].float()
+        mask = inputs["attention_mask"][:, :self.max_samples].to(wav.dtype)
+        pooled = self.encode_whisper(wav, mask)
+        out = self.head_with_speaker(pooled, inputs["speaker_count"], inputs["speaker_mean"], inputs["speaker_m2"])
+        return out.logits, out.probs, out.features["audio"], pooled
+
+    @torch.inference_mode()
+    def predict(self, raw: Any, speaker: str = "", hidden: Any = None, **context: Any) -> dict[str, np.ndarray]:
+        """A waveform (n,) float32 at ``dims.sample_rate_hz`` -> outputs; ``hidden``: the whisper
+        encoder's per-block states of this very waveform (speech-to-text's shared pass), reused
+        instead of a second encoder pass when the waveform is within ``max_audio_s``."""
+        if hidden is None or self.dims.family != "whisper" or len(raw) > self.max_samples:
+            return super().predict(raw, speaker=speaker, **context)
+        proc = self.processor()
+        state = proc.inputs(raw[:1], speaker=speaker)
+        dev = self.device
+        pooled = self.encode_whisper(torch.zeros(1, 1, device=dev), torch.ones(1, 1, device=dev), hidden=hidden)
+        out = self.head_with_speaker(pooled, *(torch.from_numpy(state[k]).to(dev)
+                                               for k in ("speaker_count", "speaker_mean", "speaker_m2")))
+        result = {"logits": out.logits, "probs": out.probs, "audio": out.features["audio"], "audio_pooled": pooled,
+                  "feature": out.features["audio"]}
+        return proc.outputs({k: v.float().cpu().numpy() for k, v in result.items()}, speaker=speaker)
+
+    def example_inputs(self, n: int = 2, seed: int = 0, data_root: Any = None, data: str = "meld-dev",
+                       audio_range_s: tuple[float, float] | None = None) -> list[dict[str, np.ndarray]]:
+        """espeak-ng reading MELD dev transcripts (synthetic voice without them), 1-8 s."""
+        from mmer.samples import AUDIO_MAX_S, AUDIO_MIN_S, audio_samples
+
+        lo, hi = audio_range_s or (AUDIO_MIN_S, AUDIO_MAX_S)
+        clips = audio_samples(n, seed, data_root, lo, hi, speech=data == "meld-dev")
+        proc = self.processor_for(self.dims, None, self.export_info())
+        return [proc.inputs(c["waveform"][0]) for c in clips]
+
+    def example_batch(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Equal-length clips, so tracing follows the batched path every audio family has."""
+        pair = samples[:2]
+        n = min(s["waveform"].shape[1] for s in pair)
+        cut = ("waveform", "attention_mask")
+        return super().example_batch([{k: v[:, :n] if k in cut else v for k, v in s.items()} for s in pair])
+
+    def export_info(self) -> dict:
+        info = {"audio": {"sample_rate_hz": self.dims.sample_rate_hz, "max_samples": self.max_samples}}
+        if self.dims.family == "whisper":
+            info["speaker_prior"] = {"mean": self.prior_mean.float().cpu().tolist(),
+                                     "var": self.prior_var.float().cpu().tolist(), "count": self.dims.prior_count}
+        return info
+
+    @classmethod
+    def processor_for(cls, dims: AudioStudentDims, folder: Path | None = None, card: dict | None = None) -> Processor:
+        prior = (card or {}).get("speaker_prior")
+        if dims.family == "whisper" and prior is None:
+            raise ValueError(f"{folder}: a whisper-family voice export must carry its speaker prior "
+                             f"(model.json 'speaker_prior'); re-export it with this mmer")
+        return WaveformProcessor(int(dims.max_audio_s * dims.sample_rate_hz), prior)
+
+
+class WaveformProcessor(Processor):
+    """A mono waveform (n,) float32 at the model's rate -> ``waveform`` / ``attention_mask`` (1, n),
+    cut to the model's ``max_audio_s``; with a speaker prior (whisper family) also the speaker's
+    running statistics, extended with each utterance's pooled feature in :meth:`outputs`
+    (context ``speaker``: whose utterance it is)."""
+
+    def __init__(self, max_samples: int, speaker_prior: dict | None = None) -> None:
+        from mmer.speaker_norm import SpeakerNormalizer
+
+        self.max_samples = max_samples
+        self.speakers = None if speaker_prior is None else SpeakerNormalizer(
+            np.asarray(speaker_prior["mean"]), np.asarray(speaker_prior["var"]), float(speaker_prior["count"]))
+
+    def inputs(self, raw: Any, speaker: str = "", **context: Any) -> dict[str, np.ndarray]:
+        wav = np.ascontiguousarray(np.asarray(raw, dtype=np.float32).reshape(-1)[:self.max_samples])[None]
+        out = {"waveform": wav, "attention_mask": np.ones(wav.shape, dtype=np.int64)}
+        if self.speakers is not None:
+            count, mean, m2 = self.speakers.welford(speaker)
+            out.update(speaker_count=np.array([[count]], np.float32), speaker_mean=mean[None].astype(np.float32),
+                       speaker_m2=m2[None].astype(np.float32))
+        return out
+
+    def outputs(self, result: dict[str, np.ndarray], speaker: str = "", **context: Any) -> dict[str, np.ndarray]:
+        if self.speakers is not None:
+            self.speakers.update(speaker, result["audio_pooled"][0])
+        return result
+
+    def reset(self) -> None:
+        if self.speakers is not None:
+            self.speakers.reset()

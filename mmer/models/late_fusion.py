@@ -111,6 +111,8 @@ class LateFusion(MmerModel):
     """Confidence-weighted product-of-experts (or linear) pooling of per-modality probabilities."""
 
     registry_name = "late_fusion"
+    modality = "fusion"
+    fuses = "probabilities"  # fuses the modalities' calibrated probabilities, mapped onto its label set
     Dims = LateFusionDims
 
     def __init__(self, dims: LateFusionDims) -> None:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmer.labels import get_label_set
+from mmer.contract import BATCH, OUTPUTS, SCORE_OUTPUTS, Contract, Processor, TensorSpec
 from mmer.models.base import MmerModel
 from mmer.outputs import MsaOutput
 
@@ -149,6 +150,36 @@ class MsaModel(MmerModel):
     """
 
     text: TextBackbone
+    modality = "multimodal"
+
+    # -- contract (mmer.contract) -----------------------------------------------------------
+    def build_contract(self) -> Contract:
+        d = self.dims
+        text = TensorSpec("text", "int64", (BATCH, "text_steps")) if self.text_input == "ids" else \
+            TensorSpec("text", "float32", (BATCH, "text_steps", d.text_dim))
+        inputs = (text, TensorSpec("text_mask", "bool", (BATCH, "text_steps")),
+                  TensorSpec("audio", "float32", (BATCH, "audio_steps", d.audio_dim)),
+                  TensorSpec("audio_lengths", "int64", (BATCH,)),
+                  TensorSpec("vision", "float32", (BATCH, "vision_steps", d.vision_dim)),
+                  TensorSpec("vision_lengths", "int64", (BATCH,)))
+        # MMSA's files are padded to fixed lengths, and nn.MultiheadAttention's legacy trace bakes
+        # the sequence lengths into its reshapes: only the batch axis of these graphs is dynamic.
+        return Contract(self.registry_name, "multimodal", inputs, feature="fused",
+                        heads=SCORE_OUTPUTS if self.task == "regression" else OUTPUTS, dynamic="batch",
+                        engine_note="the sentiment models (DERL, MMILN, CENet, CMATH) export to ONNX formats only "
+                                    "(onnx, onnx-fp16, onnx-int8, onnx-int8-static); their graphs have fixed sequence "
+                                    "lengths, which the engine profiles do not describe yet")
+
+    def example_inputs(self, n: int = 2, seed: int = 0, data_root: Any = None, data: str = "meld-dev",
+                       audio_range_s: Any = None) -> list:
+        """A synthetic MMSA-layout split with this model's input widths (mmer.samples.msa_samples)."""
+        from mmer.samples import msa_samples
+
+        return msa_samples(self, n, seed)
+
+    @classmethod
+    def processor_for(cls, dims: Any, folder: Any = None, card: dict | None = None) -> Processor:
+        return ArraysProcessor()
 
     @property
     def task(self) -> str:
@@ -195,3 +226,10 @@ class MsaModel(MmerModel):
         if dims.text_encoder == TEXT_FEATURES:
             return cls(dims)
         return cls(dims, encoder_config=encoder_config_from(folder))
+
+
+class ArraysProcessor(Processor):
+    """The sentiment models read MMSA's arrays as they are: raw input is the dict of named inputs."""
+
+    def inputs(self, raw: Any, **context: Any) -> dict:
+        return dict(raw)

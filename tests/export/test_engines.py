@@ -11,9 +11,8 @@ pytest.importorskip("onnx")
 
 from mmer.export.config import IntRange, ProfilesConfig, SecondsRange, load_export_config  # noqa: E402
 from mmer.export.engines import ENGINE_CARD, ENGINE_FILE, EngineBuildError, onnx2engine, profile_shapes  # noqa: E402
-from mmer.export.onnx_export import example_batch, model_spec, torch2onnx  # noqa: E402
-from mmer.export.runtime import RuntimeUnavailable, fit_profile, load_runtime  # noqa: E402
-from mmer.export.samples import model_samples  # noqa: E402
+from mmer.export.onnx_export import torch2onnx  # noqa: E402
+from mmer.runtime import RuntimeUnavailable, fit_profile, load_runtime  # noqa: E402
 from tests.export.test_onnx_zoo import tiny_asf, tiny_audio, tiny_teacher, tiny_visual  # noqa: E402
 
 RTX_INSTALL = "pip install 'mmer[trtrtx]'  (tensorrt-rtx==1.7.1.116)"
@@ -37,27 +36,27 @@ def _cuda() -> bool:
 def teacher_onnx(tmp_path_factory, tiny_text_encoder_dir, shared_dir):
     model = tiny_teacher(tiny_text_encoder_dir)
     folder = tmp_path_factory.mktemp("teacher_onnx")
-    samples = model_samples(model, 2, data_root=shared_dir / "data")
-    return model, torch2onnx(model, folder, example_batch(model, samples))
+    samples = model.example_inputs(2, data_root=shared_dir / "data")
+    return model, torch2onnx(model, folder, model.example_batch(samples))
 
 
 def test_profiles_are_tight_and_clamped_to_what_the_model_reads(tiny_text_encoder_dir):
     cfg = ProfilesConfig(batch=IntRange(1, 1, 4), text_tokens=(IntRange(8, 64, 96), IntRange(96, 160, 512)),
                          audio=(SecondsRange(1.0, 4.0, 8.0),))
     teacher = tiny_teacher(tiny_text_encoder_dir)  # max_tokens=128
-    shapes = profile_shapes(model_spec(teacher), teacher.dims, cfg)
+    shapes = profile_shapes(teacher.contract(), cfg)
     assert shapes[0]["input_ids"] == ((1, 8), (1, 64), (4, 96))
     assert shapes[1]["attention_mask"] == ((1, 96), (1, 128), (4, 128))   # clamped to max_tokens
     audio = tiny_audio("edge")
-    (only,) = profile_shapes(model_spec(audio), audio.dims, cfg)
+    (only,) = profile_shapes(audio.contract(), cfg)
     assert only["waveform"] == ((1, 16_000), (1, 64_000), (4, 128_000))   # seconds -> 16 kHz samples
     visual = tiny_visual("edge")
-    (only,) = profile_shapes(model_spec(visual), visual.dims, cfg)
-    assert only["frames"] == ((1, 8, 1, 64, 64), (1, 8, 1, 64, 64), (4, 8, 1, 64, 64))  # 8 frames, fixed
+    (only,) = profile_shapes(visual.contract(), cfg)
+    assert only["frames"] == ((1, 1, 1, 64, 64), (1, 8, 1, 64, 64), (4, 8, 1, 64, 64))  # 1 crop up to 8 frames
     asf = tiny_asf()
-    assert profile_shapes(model_spec(asf), asf.dims, cfg)[0]["audio_present"] == ((1,), (1,), (4,))
+    assert profile_shapes(asf.contract(), cfg)[0]["audio_present"] == ((1,), (1,), (4,))
     with pytest.raises(EngineBuildError, match="batch"):
-        profile_shapes(model_spec(asf), asf.dims, ProfilesConfig(batch=IntRange(2, 1, 4)))
+        profile_shapes(asf.contract(), ProfilesConfig(batch=IntRange(2, 1, 4)))
 
 
 def test_shipped_config_has_the_documented_buckets():
@@ -79,7 +78,7 @@ def test_tensorrt_rtx_builds_a_teacher_engine_without_a_gpu(teacher_onnx, tmp_pa
     trt = _rtx()
     model, onnx_path = teacher_onnx
     cfg = load_export_config()
-    record = onnx2engine(onnx_path, tmp_path, model_spec(model), model.dims, cfg.profiles, cfg.engine,
+    record = onnx2engine(onnx_path, tmp_path, model.contract(), cfg.profiles, cfg.engine,
                          "tensorrt_rtx", "fp32")
     assert (tmp_path / ENGINE_FILE).stat().st_size > 0
     on_disk = json.loads((tmp_path / ENGINE_CARD).read_text())
@@ -116,7 +115,7 @@ def test_full_tensorrt_missing_or_gpuless_is_a_clear_error(teacher_onnx, tmp_pat
     model, onnx_path = teacher_onnx
     cfg = load_export_config()
     with pytest.raises((MissingExtra, EngineBuildError)) as info:
-        onnx2engine(onnx_path, tmp_path, model_spec(model), model.dims, cfg.profiles, cfg.engine, "tensorrt", "fp16")
+        onnx2engine(onnx_path, tmp_path, model.contract(), cfg.profiles, cfg.engine, "tensorrt", "fp16")
     message = str(info.value)
     assert "pip install tensorrt --extra-index-url https://pypi.nvidia.com" in message or "GPU" in message
 

@@ -13,8 +13,8 @@ pytest.importorskip("onnxruntime")
 
 from mmer.export import export, load_runtime  # noqa: E402
 from mmer.export.onnx_export import CARD_FILE, MODEL_FILE, TOKENIZER_DIR  # noqa: E402
-from mmer.export.runtime import TorchRuntime  # noqa: E402
-from mmer.export.samples import collate, model_samples  # noqa: E402
+from mmer.runtime import TorchRuntime  # noqa: E402
+from mmer.contract import collate  # noqa: E402
 from mmer.models.asf import ASF, ASFDims  # noqa: E402
 from mmer.models.audio_student import AudioStudent, AudioStudentDims  # noqa: E402
 from mmer.models.visual_student import VisualStudent, VisualStudentDims  # noqa: E402
@@ -99,7 +99,7 @@ def test_student_and_fusion_onnx_parity(name, tmp_path, meld_root):
     model = STUDENTS[name]()
     card = _check_export(model, tmp_path, meld_root)
     # another batch size than the traced one, through the one runtime interface
-    samples = model_samples(model, 3, seed=7, data_root=meld_root, audio_range_s=(0.5, 1.5))
+    samples = model.example_inputs(3, seed=7, data_root=meld_root, audio_range_s=(0.5, 1.5))
     if not card["padding_exact"]:
         n = min(s["waveform"].shape[1] for s in samples)
         samples = [{k: v[:, :n] for k, v in s.items()} for s in samples]
@@ -108,8 +108,13 @@ def test_student_and_fusion_onnx_parity(name, tmp_path, meld_root):
     got = load_runtime("onnxruntime", tmp_path)(**batch)
     for key in ("logits", "probs", "feature"):
         np.testing.assert_allclose(got[key], ref[key], atol=FP32_TOL, rtol=0)
-    if name.startswith("visual"):
-        assert card["inputs"][0]["shape"][1] == 8  # frame count fixed
+    if name == "visual-hf":
+        assert card["inputs"][0]["shape"][1] == 8  # the video encoder's frame count is fixed
+    if name == "visual-edge":                   # crop by crop: any frame count, one included
+        assert card["inputs"][0]["shape"][1] == "frames"
+        one = {"frames": batch["frames"][:1, :1], "frame_mask": np.ones((1, 1), bool)}
+        np.testing.assert_allclose(load_runtime("onnxruntime", tmp_path)(**one)["probs"],
+                                   TorchRuntime(model)(**one)["probs"], atol=FP32_TOL, rtol=0)
 
 
 def test_teacher_onnx_parity_and_self_describing_folder(tmp_path, meld_root, tiny_text_encoder_dir):
@@ -134,5 +139,5 @@ def test_teacher_onnx_parity_and_self_describing_folder(tmp_path, meld_root, tin
 def test_non_zoo_model_is_refused(tmp_path):
     from mmer.export.onnx_export import ExportError
 
-    with pytest.raises(ExportError, match="no export spec"):
+    with pytest.raises(ExportError, match="declare a contract"):
         export(torch.nn.Linear(2, 2), "onnx", tmp_path)

@@ -8,8 +8,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from mmer.export import RUNTIMES, export, load_runtime  # noqa: E402
-from mmer.export.runtime import TorchRuntime  # noqa: E402
-from mmer.export.samples import asf_samples, collate  # noqa: E402
+from mmer.contract import collate  # noqa: E402
+from mmer.runtime import TorchRuntime  # noqa: E402
+from mmer.samples import asf_samples  # noqa: E402
 from tests.export.test_onnx_zoo import tiny_asf  # noqa: E402
 
 
@@ -21,10 +22,12 @@ def asf_export(tmp_path_factory):
     return model, folder
 
 
-def test_runtime_names():
-    assert set(RUNTIMES) == {"torch", "onnxruntime", "tensorrt", "tensorrt-rtx"}
-    with pytest.raises(KeyError, match="known"):
+def test_runtime_names_and_did_you_mean():
+    assert set(RUNTIMES.names()) == {"torch", "onnxruntime", "tensorrt", "tensorrt-rtx"}
+    with pytest.raises(KeyError, match="registered"):
         load_runtime("tvm", ".")
+    with pytest.raises(KeyError, match="did you mean 'onnxruntime'"):
+        load_runtime("onnxruntim", ".")
 
 
 def test_same_inputs_same_outputs(asf_export):
@@ -34,7 +37,7 @@ def test_same_inputs_same_outputs(asf_export):
     outs = [rt(**batch) for rt in backends]
     for rt, out in zip(backends, outs):
         assert rt.input_names == ("text", "audio", "visual", "audio_present", "visual_present")
-        assert set(out) == {"logits", "probs", "feature"}
+        assert set(out) == {"logits", "probs", "fused", "feature"}
         assert out["logits"].shape == (5, 7) and out["feature"].shape == (5, 24)
         np.testing.assert_allclose(out["logits"], outs[0]["logits"], atol=1e-4)
     assert backends[-1].describe()["device"] == "CPUExecutionProvider"
@@ -54,7 +57,7 @@ def test_inputs_are_checked_by_name_and_converted(asf_export):
 
 
 def test_torch_runtime_refuses_cuda_graphs_on_cpu():
-    from mmer.export.runtime import RuntimeUnavailable
+    from mmer.runtime import RuntimeUnavailable
 
     with pytest.raises(RuntimeUnavailable, match="cuda"):
         TorchRuntime(tiny_asf(), cuda_graphs=True)

@@ -76,4 +76,4 @@ def test_abstention_is_recorded_in_the_prediction_json():
     long = Utterance(id=1, start_s=0.0, end_s=1.5, audio=_tone(1.5), speaker="ann")
     d = predictor.predict(long, None, None).to_dict()
     assert "audio" not in d["abstained"] and d["modalities"] == ["audio"] and d["weights"] == {"audio": 1.0}
-    assert predictor.speaker_norm.utterances("ann") == 1   # the speaker's statistics started
+    assert predictor.voice.processor.speakers.utterances("ann") == 1   # the speaker's statistics started

@@ -185,7 +185,7 @@ def test_late_fusion_checkpoint_must_match_the_label_sets(tiny_teacher, tiny_voi
 
 def test_load_model_checks_the_kind(tiny_checkpoints):
     assert load_model("text", tiny_checkpoints["text"]).registry_name == "teacher"
-    with pytest.raises(ValueError, match="expected audio_student"):
+    with pytest.raises(ValueError, match="reads text, the voice model must read audio"):
         load_model("voice", tiny_checkpoints["text"])
 
 

@@ -76,3 +76,27 @@ def test_eval_refuses_with_one_line(args, message, tess_dir, ravdess_dir, dailyd
     root = {"tess": tess_dir, "ravdess": ravdess_dir, "dailydialog": dailydialog_dir}[args[2]]
     assert eval_main(args + ["--data-root", str(root), "--device", "cpu"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_scores_an_export_folder_as_deployed(ravdess_dir, tmp_path, capsys):
+    """mmer-eval on what mmer-export wrote runs the graph itself (ONNX Runtime), with the speaker
+    statistics in the live order, and gives the checkpoint's confusion matrix at fp32."""
+    import mmer
+    from mmer.export import export
+
+    folder = tmp_path / "voice-onnx"
+    export(mmer.load("default-voice"), "onnx", folder, ("parity.num_samples=2", "parity.audio_range_s=[0.5, 1.5]"))
+    scores = {}
+    for name, model in (("checkpoint", "default-voice"), ("export", str(folder))):
+        out = tmp_path / f"{name}.json"
+        assert eval_main([model, "--data", "ravdess", "--data-root", str(ravdess_dir), "--limit", str(RAVDESS_SLICE),
+                          "--device", "cpu", "--json", str(out)]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert "onnxruntime" in scores["export"]["model_type"]
+    assert scores["export"]["confusion"] == scores["checkpoint"]["confusion"]
+
+
+def test_eval_names_the_closest_runtime(ravdess_dir, capsys):
+    assert eval_main(["default-voice", "--data", "ravdess", "--data-root", str(ravdess_dir), "--limit", "2",
+                      "--runtime", "onnxrt"]) == 2
+    assert "did you mean 'onnxruntime'" in capsys.readouterr().err

@@ -239,7 +239,7 @@ def test_msa_models_export_to_onnx_with_parity(runs, tmp_path, name):
     model = mmer.load(runs[name] / "checkpoint")
     result = export(model, "onnx", tmp_path / name, source=str(runs[name]))
     assert result.parity["passed"] is True
-    assert set(result.parity["outputs"]) == {"score", "feature"}
+    assert set(result.parity["outputs"]) == {"score", "fused"}
     assert result.parity["outputs"]["score"]["max_abs"] <= 1e-4
     assert result.parity["top1_agreement"] == 1.0
     assert result.card["outputs"] == ["score", "fused"]

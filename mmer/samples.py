@@ -1,4 +1,4 @@
-"""Real inputs for calibration, parity and benchmarks, per model of the zoo.
+"""Real inputs for calibration, parity and benchmarks; each model's ``example_inputs`` picks its own.
 
 * teacher: MELD dev utterances with their dialogue context, through the teacher's own
   :class:`mmer.dialogue.DialoguePrompt` (the CSV is read from the data root; no clips needed);
@@ -28,7 +28,7 @@ import numpy as np
 
 from mmer.audio import SAMPLE_RATE_HZ, load_waveform
 from mmer.dialogue import Turn
-from mmer.export.onnx_export import MSA_MODELS
+from mmer.contract import collate  # noqa: F401  (re-exported: samples are collated here too)
 from mmer.labels import get_label_set
 
 MELD_DIR = "MELD"
@@ -114,6 +114,37 @@ def teacher_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | N
         samples.append({"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)})
         ids.append(labels.index(emotion) if emotion in labels else -1)
     return samples, ids
+
+
+# A small everyday dialogue for the teacher's example inputs where MELD is not on disk (a fresh
+# install exporting or serving the default): the graph's shapes and ops, not accuracy, come from it.
+FALLBACK_DIALOGUE = (
+    ("user", "Hi, is this the right place for the train to the airport?"),
+    ("robot", "Yes, platform four. The next one leaves in ten minutes."),
+    ("user", "Oh no, I think I left my passport at the hotel!"),
+    ("robot", "Would you like me to call the hotel for you?"),
+    ("user", "Yes please, that would be amazing, thank you so much."),
+    ("robot", "They found it. A taxi can bring it here in twenty minutes."),
+    ("user", "I can't believe it. You just saved my whole trip."),
+    ("user", "Wait, twenty minutes? Then I miss the train. This is ridiculous."),
+)
+
+
+def dialogue_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | None = None
+                     ) -> list[dict[str, np.ndarray]]:
+    """``n`` teacher inputs: MELD dev utterances in context when MELD is found, else the turns of
+    :data:`FALLBACK_DIALOGUE` in context (unlabelled)."""
+    try:
+        return teacher_samples(model, n, seed, data_root)[0]
+    except SampleDataError:
+        turns = [Turn(speaker, text) for speaker, text in FALLBACK_DIALOGUE]
+        rng = np.random.default_rng(seed)
+        out = []
+        for i in rng.integers(0, len(turns), n):
+            enc = model.prompt.encode(turns[:int(i) + 1], int(i))
+            ids = np.asarray([enc["input_ids"]], dtype=np.int64)
+            out.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        return out
 
 
 # -- audio ----------------------------------------------------------------------------------
@@ -212,46 +243,7 @@ def asf_samples(n: int, dim: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack batch-1 samples into one batch, right-padding every axis with zeros (masks too)."""
-    out = {}
-    for name in samples[0]:
-        arrays = [s[name] for s in samples]
-        shape = [len(arrays)] + [max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim)]
-        batch = np.zeros(shape, dtype=arrays[0].dtype)
-        for i, a in enumerate(arrays):
-            batch[(i,) + tuple(slice(0, s) for s in a.shape[1:])] = a[0]
-        out[name] = batch
-    return out
-
-
 DATA_SOURCES = ("meld-dev", "generated")
-
-
-def model_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | None = None,
-                  audio_range_s: tuple[float, float] = (AUDIO_MIN_S, AUDIO_MAX_S), data: str = "meld-dev"
-                  ) -> list[dict[str, np.ndarray]]:
-    """``n`` batch-1 inputs for ``model`` (a zoo model), chosen as the module docstring says.
-
-    data: ``meld-dev`` or ``generated`` (synthetic media; not for the teacher, which reads text).
-    """
-    name = getattr(model, "registry_name", "")
-    if data not in DATA_SOURCES:
-        raise ValueError(f"calibration data {data!r} is not one of {list(DATA_SOURCES)}")
-    if name == "teacher":
-        if data != "meld-dev":
-            raise ValueError("the teacher reads dialogue text: calibrate it on 'meld-dev'")
-        return teacher_samples(model, n, seed, data_root)[0]
-    if name == "audio_student":
-        return audio_samples(n, seed, data_root, *audio_range_s, speech=data == "meld-dev")
-    if name == "visual_student":
-        d = model.dims
-        return visual_samples(n, seed, d.num_frames, 1 if d.family == "edge" else 3, d.image_size)
-    if name == "asf":
-        return asf_samples(n, model.dims.kd_dim, seed)
-    if name in MSA_MODELS:
-        return msa_samples(model, n, seed)
-    raise ValueError(f"no sample inputs for model {name!r}")
 
 
 MSA_SAMPLE_STEPS = (12, 20, 16)    # text / audio / vision steps of the generated sentiment inputs

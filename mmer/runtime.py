@@ -1,13 +1,15 @@
-"""One runtime interface for torch, ONNX Runtime, TensorRT and TensorRT-RTX.
+"""One runtime interface for torch, ONNX Runtime, TensorRT and TensorRT-RTX (STYLE.md habit 9).
 
     rt = load_runtime("onnxruntime", "exports/teacher-onnx")     # or "torch", "tensorrt", "tensorrt-rtx"
     out = rt(input_ids=ids, attention_mask=mask)                  # numpy in
     out["logits"], out["probs"], out["feature"]                   # numpy out, (B, C), (B, C), (B, D)
 
-Every backend takes the same named numpy inputs (those of the exported graph, listed in
-``rt.input_names``; dtypes are converted) and returns the same three outputs. The torch backend
-calls the very wrapper that was exported (:class:`mmer.export.onnx_export.GraphWrapper`), so
-parity between backends is a like-for-like comparison (tests/export).
+Every backend takes the same named numpy inputs (those of the model's contract,
+:mod:`mmer.contract`, listed in ``rt.input_names``; dtypes are converted) and returns the
+contract's outputs by name (heads, the feature under its own name and as ``"feature"``, extra
+outputs). The torch backend calls the very wrapper that is exported
+(:class:`mmer.contract.GraphWrapper`), so parity between backends is a like-for-like comparison.
+Runtimes are registered in :data:`RUNTIMES`; an unknown name gets the registry's did-you-mean.
 
 TensorRT engines need an NVIDIA GPU with CUDA (and torch built with CUDA, used for device
 buffers); TensorRT-RTX engines additionally need compute capability 8.0, 8.6, 8.9 or 12.x.
@@ -22,51 +24,91 @@ from typing import Any
 
 import numpy as np
 
-from mmer.export.engines import ENGINE_CARD, ENGINE_FILE, RTX, RTX_RUNS_ON, TRT, _logger
-from mmer.export.onnx_export import CARD_FILE, MODEL_FILE, OUTPUTS, GraphWrapper, model_spec, read_card
+from mmer.contract import Contract, GraphWrapper
 from mmer.extras import require
+from mmer.registry import Registry
 
+MODEL_FILE = "model.onnx"              # an export folder: the graph,
+CARD_FILE = "model.json"               # its model card (mmer.export.onnx_export writes both),
+ENGINE_FILE = "model.engine"           # and, for TensorRT formats, the engine
+ENGINE_CARD = "engine.json"            # with its build record
+CARD_FORMAT = "mmer-export"
+RTX = "tensorrt_rtx"
+TRT = "tensorrt"
+RTX_RUNS_ON = ("8.0", "8.6", "8.9", "12.0", "12.1")   # compute capabilities TensorRT-RTX engines load on
 RUNTIME_CACHE_FILE = "runtime.cache"   # TensorRT-RTX JIT kernels, kept beside the engine
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 MAX_CUDA_GRAPHS = 16                   # captured input-shape signatures kept per torch runtime
+_LOGGERS: dict[str, Any] = {}
 
 
 class RuntimeUnavailable(RuntimeError):
     """The backend cannot run here (no GPU, unsupported GPU, missing library); the message says why."""
 
 
+class ExportFolderError(FileNotFoundError):
+    """A folder that is not an export mmer-export wrote; the message says what is missing."""
+
+
+def trt_logger(lib: Any) -> Any:
+    """One logger per TensorRT library: TensorRT ignores (and warns about) a second one per process."""
+    name = lib.__name__
+    if name not in _LOGGERS:
+        _LOGGERS[name] = lib.Logger(lib.Logger.WARNING)
+    return _LOGGERS[name]
+
+
+def read_card(folder: str | Path) -> dict:
+    """The model.json of an export folder (or of the folder holding an .onnx/.engine file)."""
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    path = folder / CARD_FILE
+    if not path.is_file():
+        raise ExportFolderError(f"{folder}: no {CARD_FILE}; export folders are written by mmer-export")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ExportFolderError(f"{path}: not valid JSON ({e}); export the model again with mmer-export") from None
+
+
+def is_export_folder(path: str | Path) -> bool:
+    """True for a folder mmer-export wrote (its model.json says format ``mmer-export``)."""
+    p = Path(path)
+    card = p / CARD_FILE
+    if not (p.is_dir() and card.is_file()):
+        return False
+    try:
+        return json.loads(card.read_text(encoding="utf-8")).get("format") == CARD_FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 class Runtime:
-    """Base class: named numpy inputs -> {"logits", "probs", "feature"} numpy outputs
-    ({"score", "feature"} for the sentiment regression models)."""
+    """Base class: named numpy inputs -> the contract's outputs by name, as float32 numpy
+    ({"logits", "probs", <feature>, "feature", extras...}; "score" for sentiment regression)."""
 
     name = ""
 
-    def __init__(self, inputs: list[dict], feature: str, card: dict | None = None,
-                 heads: tuple[str, ...] | None = None) -> None:
-        self.inputs = {s["name"]: s for s in inputs}
-        self.input_names = tuple(self.inputs)
-        self.feature = feature
+    def __init__(self, contract: Contract, card: dict | None = None) -> None:
+        self.contract = contract
+        self.input_names = contract.input_names
+        self.feature = contract.feature
+        self.heads = contract.heads
+        self.outputs = list(contract.outputs)
         self.card = card or {}
-        # ("logits", "probs"), or ("score",) for sentiment regression models; from the card when exported
-        self.heads = tuple(heads or self.card.get("outputs", list(OUTPUTS) + [feature])[:-1])
-        self.outputs = [*self.heads, feature]
 
     def _named(self, values: Any) -> dict[str, np.ndarray]:
-        """Graph outputs in order -> {head names..., "feature"} as float32 numpy."""
+        """Graph outputs in contract order -> {name: float32 numpy}, the feature also as "feature"."""
         arrays = [np.asarray(v, dtype=np.float32) if isinstance(v, np.ndarray) else v.float().cpu().numpy()
                   for v in values]
-        return dict(zip([*self.heads, "feature"], arrays))
-
-    def _check(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        unknown = [n for n in inputs if n not in self.inputs]
-        if missing or unknown:
-            raise ValueError(f"{self.name} runtime takes inputs {list(self.input_names)}; missing {missing}, unknown {unknown}")
-        return {n: np.ascontiguousarray(np.asarray(inputs[n]), dtype=self.inputs[n]["dtype"]) for n in self.input_names}
+        out = dict(zip(self.outputs, arrays))
+        out["feature"] = out[self.feature]
+        return out
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
         """Run one batch; see the module docstring."""
-        return self.run(self._check(inputs))
+        return self.run(self.contract.check(inputs))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -90,15 +132,14 @@ class TorchRuntime(Runtime):
         if not isinstance(model, torch.nn.Module):
             import mmer
             model = mmer.load(model, device=device)
-        spec = model_spec(model)
-        super().__init__([{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in spec.inputs], spec.feature,
-                         heads=spec.heads)
+        contract = model.contract()
+        super().__init__(contract, getattr(model, "checkpoint_meta", None))
         self.torch = torch
         self.device = torch.device(device)
         if cuda_graphs and self.device.type != "cuda":
             raise RuntimeUnavailable("cuda_graphs=True needs device='cuda'")
         self.model = model.to(self.device).eval()
-        self.wrapper = GraphWrapper(self.model, spec).eval()
+        self.wrapper = GraphWrapper(self.model, contract).eval()
         self.compiled = compile
         # "reduce-overhead" is Inductor's CUDA-graph mode: on CPU there is nothing to replay.
         self.forward = torch.compile(self.wrapper, mode="reduce-overhead" if self.device.type == "cuda" else None) \
@@ -152,15 +193,19 @@ def _onnx_file(path: str | Path) -> Path:
 
 
 class OnnxRuntime(Runtime):
-    """ONNX Runtime: CUDA execution provider when available and asked for, else CPU."""
+    """ONNX Runtime: CUDA execution provider when available and asked for, else CPU.
+
+    threads: intra-op threads (None: ONNX Runtime's default). spin: let idle worker threads spin
+    (lower latency for one session alone; off by default, see the comment in ``__init__``).
+    """
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 disabled_optimizers: list[str] | None = None) -> None:
+                 disabled_optimizers: list[str] | None = None, spin: bool = False) -> None:
         ort = require("onnxruntime")
         file = _onnx_file(path)
-        card = read_card(file) if (file.parent / CARD_FILE).is_file() else {}
+        card = read_card(file)
         if disabled_optimizers is None:
             # ONNX Runtime 1.32's NCHWc layout pass crashes (segfault) on some FP16 graphs (the
             # FP16 ASF); FP16 on CPU is a parity/reference format, so losing that pass costs little.
@@ -171,12 +216,14 @@ class OnnxRuntime(Runtime):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Spinning worker threads keep a core busy for a while after each run: with the text, voice
+        # and face sessions of one live pipeline on a 2-core machine they starve each other
+        # (a 14 ms voice pass took 40 ms live). spin=True for a session that runs alone.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(file), options, providers=providers,
                                             disabled_optimizers=disabled_optimizers or None)
-        graph_inputs = [{"name": i.name, "dtype": _ort_dtype(i.type), "shape": list(i.shape)} for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        super().__init__(card.get("inputs", graph_inputs), card.get("feature", outputs[-1]), card,
-                         heads=tuple(card["outputs"][:-1]) if "outputs" in card else tuple(outputs[:-1]))
+        super().__init__(Contract.from_card(card), card)
+        self.threads = threads
         self.ort = ort
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -184,13 +231,7 @@ class OnnxRuntime(Runtime):
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.session.get_providers()[0], "onnxruntime": self.ort.__version__,
-                "precision": self.card.get("precision", "")}
-
-
-def _ort_dtype(type_str: str) -> str:
-    table = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool",
-             "tensor(float16)": "float16", "tensor(int32)": "int32"}
-    return table.get(type_str, "float32")
+                "precision": self.card.get("precision", ""), "threads": self.threads or "default"}
 
 
 def fit_profile(profiles: list[dict[str, list[tuple]]], inputs: dict[str, np.ndarray]
@@ -228,15 +269,13 @@ class _TensorRTBase(Runtime):
         if not engine_file.is_file():
             raise FileNotFoundError(f"{path}: no engine file ({ENGINE_FILE}); build one with mmer-export --format trt*/trtrtx*")
         self.record = json.loads((folder / ENGINE_CARD).read_text(encoding="utf-8")) if (folder / ENGINE_CARD).is_file() else {}
-        card = read_card(folder) if (folder / CARD_FILE).is_file() else {}
-        if not card:
-            raise FileNotFoundError(f"{folder}: no {CARD_FILE}; the engine runner needs the model card mmer-export writes")
-        super().__init__(card["inputs"], card["feature"], card)
+        card = read_card(folder)
+        super().__init__(Contract.from_card(card), card)
         self.lib = require(self.library)
         self.torch = self._cuda_torch()
         self._check_device(device)
         self.folder = folder
-        runtime = self.lib.Runtime(_logger(self.lib))
+        runtime = self.lib.Runtime(trt_logger(self.lib))
         self.engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
         if self.engine is None:
             raise RuntimeUnavailable(f"{self.library} could not load {engine_file} on this GPU "
@@ -332,7 +371,9 @@ class TensorRTRTX(_TensorRTBase):
         return path
 
 
-RUNTIMES: dict[str, type[Runtime]] = {r.name: r for r in (TorchRuntime, OnnxRuntime, TensorRT, TensorRTRTX)}
+RUNTIMES: Registry[type] = Registry("runtime")
+for _runtime in (TorchRuntime, OnnxRuntime, TensorRT, TensorRTRTX):
+    RUNTIMES.register(_runtime.name)(_runtime)
 
 
 def load_runtime(name: str, path: Any, **options: Any) -> Runtime:
@@ -341,7 +382,6 @@ def load_runtime(name: str, path: Any, **options: Any) -> Runtime:
     path: torch: a zoo model, checkpoint folder or embedded default name; the others: an export
     folder written by ``mmer-export`` (or the .onnx / .engine file in it). ``options`` go to the
     runtime class (torch: device, compile, cuda_graphs; onnxruntime: providers, threads; TensorRT: device).
+    An unknown ``name`` raises ``KeyError`` with the closest registered name.
     """
-    if name not in RUNTIMES:
-        raise KeyError(f"unknown runtime {name!r}; known: {sorted(RUNTIMES)}")
-    return RUNTIMES[name](path, **options)
+    return RUNTIMES.get(name)(path, **options)
