@@ -148,9 +148,13 @@ def cached_export(spec: str | Path, precision: str = "fp32", data_root: Any = No
         raise ServeError(f"precision {precision!r} is not one of {sorted(PRECISION_FORMATS)}")
     folder = resolve(spec)
     fmt = PRECISION_FORMATS[precision]
+    from mmer.export.onnx_export import CARD_VERSION
+
     target = cache_dir() / "exports" / f"{folder.name}-{fmt}-{_checkpoint_key(folder)}"
-    if is_export_folder(target):
+    if is_export_folder(target) and read_card(target).get("format_version") == CARD_VERSION:
         return target
+    if target.exists():          # written by another mmer version: build it again
+        shutil.rmtree(target, ignore_errors=True)
     import mmer
     from mmer.export import export
 

@@ -29,14 +29,15 @@ Two ways of computing F_av (``ASFDims.paper_faithful``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmer.labels import get_label_set
 from mmer.contract import BATCH, Contract, Processor, TensorSpec
+from mmer.labels import get_label_set
 from mmer.models.base import MmerModel
 from mmer.models.blocks import LAYER_NORM_EPS, ModalityTokenAttention
 from mmer.outputs import EmotionOutput

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from mmer.realtime.face_path import FacePath, pool_observations
 from mmer.realtime.frames import FaceObservation, VideoFrame
