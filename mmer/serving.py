@@ -110,7 +110,16 @@ class Served:
         if self.model is not None and context.get("hidden") is not None:
             return self.model.predict(raw, **context)
         context.pop("hidden", None)
-        result = self.runtime(**self.processor.inputs(raw, **context))
+        return self.commit(self.infer(raw, **context), **context)
+
+    def infer(self, raw: Any, **context: Any) -> dict[str, np.ndarray]:
+        """The outputs for ``raw`` without touching the processor's state (a provisional run:
+        :meth:`commit` it once it stands, e.g. the voice model begun at a pause in speech)."""
+        return self.runtime(**self.processor.inputs(raw, **context))
+
+    def commit(self, result: dict[str, np.ndarray], **context: Any) -> dict[str, np.ndarray]:
+        """Let the processor read ``result`` back (extend the speaker's statistics); returns it."""
+        context.pop("hidden", None)
         return self.processor.outputs(result, **context)
 
     def reset(self) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from mmer.realtime.config import LiveConfig, load_live_config
 
 STAGES = ("capture_to_end_of_speech", "asr_wait", "asr", "text_wait", "face_wait", "face", "text", "voice",
-          "fusion", "end_of_speech_to_emit")
+          "voice_wait", "fusion", "end_of_speech_to_emit")
 DEFAULT_REPEATS = 3
 PERCENTILES = (50, 95)
 

@@ -67,6 +67,20 @@ class Utterance:
     audio_start_s: float | None = None  # stream time of audio[0]: start_s minus the pre-roll
     timings_ms: dict[str, float] = field(default_factory=dict)
     encoder_hidden: list | None = field(default=None, repr=False)
+    key: tuple[int, int] | None = None  # (onset, last voiced) sample indices: matches its SpeechPause
+
+
+@dataclass
+class SpeechPause:
+    """The speaker has been silent for ``post_roll_ms``: ``audio`` is the utterance so far,
+    sample for sample what the segmenter will emit if speech does not resume within
+    ``end_silence_ms``. A provisional item: a model may start on it during the rest of the
+    silence, and its result counts only for the Utterance with the same ``key``."""
+
+    key: tuple[int, int]
+    start_s: float
+    end_s: float
+    audio: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from concurrent.futures import wait
 import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
@@ -34,7 +35,7 @@ import numpy as np
 from mmer.realtime.config import LiveConfig
 from mmer.realtime.context import DialogueContext
 from mmer.realtime.face_path import FacePath, pool_observations
-from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, Utterance, VadEvent, VideoFrame
+from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, VadEvent, VideoFrame
 from mmer.realtime.sinks import CallbackSink, JsonLinesSink, OverlaySink, WebSocketServer, apply_host_message
 
 EXIT_OK = 0
@@ -192,6 +193,17 @@ class LivePipeline:
         for item in items:
             if isinstance(item, VadEvent):
                 self._event({"type": "vad", "kind": item.kind, "time_s": round(item.time_s, 3)})
+                continue
+            if isinstance(item, SpeechPause):
+                # Flows downstream like every item: the predictor may start the voice model on
+                # it now, in its worker, and uses that only for the utterance with this key.
+                early = self.predictor.speculate(item, self.config.context.user_speaker) \
+                    if hasattr(self.predictor, "speculate") else None
+                if early is not None and self.lockstep:
+                    # Live, the rest of the silence passes before the end can be decided; a
+                    # faster-than-life replay gives the early run that much wall time, no more.
+                    seg = self.config.segmenter
+                    wait([early], timeout=max(0.0, seg.end_silence_ms - seg.post_roll_ms) / 1000)
                 continue
             if self.lockstep and self.face_path is not None:
                 # Live, frames arrive at camera pace and the face path keeps up with them (its own

@@ -172,6 +172,7 @@ class Predictor:
         parallel: run the voice model in a worker thread while the text model runs in the
             caller's (ONNX Runtime and torch release the GIL): an utterance costs the slower of
             the two instead of their sum. Give each runtime one intra-op thread on small machines.
+            The worker also takes :meth:`speculate` runs, begun when the speaker pauses.
 
     Each modality's probabilities are ``softmax(logits / T)`` with the temperature saved in its
     checkpoint; a modality abstains (weight 0, reason in the prediction's ``abstained``) when its
@@ -202,7 +203,8 @@ class Predictor:
                             "visual": face_calibration or Calibration()}
         self.text_neutral_defers = text_neutral_defers
         self._pool = None
-        if parallel and self.text is not None and self.voice is not None:
+        self._early: tuple | None = None   # (key, samples, speaker, future) of a voice run begun at a pause
+        if parallel and self.voice is not None:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmer-voice")
         self.sources: dict[str, str | None] = {}  # where each model came from (set by load_stack)
@@ -274,6 +276,36 @@ class Predictor:
         if self.voice is not None:
             self.voice.reset()
 
+    def speculate(self, pause: Any, speaker: str) -> Any:
+        """Start the voice model on a :class:`mmer.realtime.frames.SpeechPause` (the utterance's
+        audio if the silence lasts) in the worker thread; :meth:`predict` uses the result for the
+        utterance with the same key, audio length and speaker, and commits the speaker's
+        statistics only then. Without a worker (``parallel`` off) this does nothing. Returns the
+        run's future (or None)."""
+        if self._pool is None or self.voice is None or voice_input_problem(pause.audio):
+            return None
+        audio = np.ascontiguousarray(pause.audio, dtype=np.float32)
+
+        def run() -> tuple[dict[str, np.ndarray], float]:
+            t0 = time.perf_counter()
+            return self.voice.infer(audio, speaker=speaker), _ms_since(t0)
+
+        self._early = (pause.key, len(audio), speaker, self._pool.submit(run))
+        return self._early[3]
+
+    def _voice_job(self, utterance: Utterance) -> Any:
+        """The voice result of ``utterance``: a matching early run (committed now), else a new
+        run in the worker (or inline)."""
+        early, self._early = self._early, None
+        if early is not None and utterance.key is not None and early[:3] == (utterance.key, len(utterance.audio),
+                                                                            utterance.speaker):
+            out, ms = early[3].result()
+            self.voice.commit(out, speaker=utterance.speaker)
+            return _Done((out, ms))
+        if self._pool is not None:
+            return self._pool.submit(self._run_voice, utterance)
+        return _Done(self._run_voice(utterance))
+
     def close(self) -> None:
         """Stop the voice worker thread (parallel mode); idempotent."""
         if self._pool is not None:
@@ -300,10 +332,9 @@ class Predictor:
             reason = voice_input_problem(utterance.audio)
             if reason:
                 abstained["audio"] = reason
-            elif self._pool is not None:
-                voice_job = self._pool.submit(self._run_voice, utterance)
+                self._early = None
             else:
-                voice_job = _Done(self._run_voice(utterance))
+                voice_job = self._voice_job(utterance)
         if self.text is not None:
             if turns and turns[-1].text.strip():
                 t0 = time.perf_counter()
@@ -314,7 +345,9 @@ class Predictor:
             else:
                 abstained["text"] = "no words"
         if voice_job is not None:
+            t0 = time.perf_counter()
             out, timings["voice"] = voice_job.result()
+            timings["voice_wait"] = _ms_since(t0)
             src_probs["audio"] = self.calibration["audio"].probs(out["logits"][0])
             feats["audio"] = out["feature"]
         if self.face_label_set is not None:

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from mmer.extras import MissingExtra, require
-from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, Utterance, VadEvent
+from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, VadEvent
 
 INT16_FULL_SCALE = 32768.0  # int16 -> float32 in [-1, 1)
 WEBRTC_FRAME_MS = (10, 20, 30)  # the only frame lengths webrtcvad accepts
@@ -211,6 +211,9 @@ class SegmenterConfig:
     - ``max_utterance_s`` 15: a monologue is cut into pieces at most this long so a result
       still arrives while someone talks; MELD utterances (the training data) are ~3 s on
       average and rarely above 15 s, and Whisper's window is 30 s.
+    - ``pause_events`` true: once a silence has lasted ``post_roll_ms``, the utterance's audio is
+      final unless speech resumes, so a :class:`SpeechPause` carries it: the voice model runs
+      during the remaining ~400 ms of silence instead of after the end is decided.
     """
 
     vad: Literal["webrtc", "silero"] = "webrtc"
@@ -223,6 +226,7 @@ class SegmenterConfig:
     post_roll_ms: float = 150.0
     min_utterance_ms: float = 250.0
     max_utterance_s: float = 15.0
+    pause_events: bool = True
 
 
 def make_vad(config: SegmenterConfig, sample_rate_hz: int = SAMPLE_RATE_HZ) -> FrameVad:
@@ -282,7 +286,9 @@ class VadSegmenter:
     (``audio_start_s`` is the stream time of ``audio[0]``). Utterances shorter than
     ``min_utterance_ms`` are dropped (counted in ``dropped_short``); speech longer than
     ``max_utterance_s`` is cut into pieces, every piece of such a monologue marked ``split``
-    (no end/start events at the cuts: the speaker has not stopped). Memory is one fixed ring.
+    (no end/start events at the cuts: the speaker has not stopped). With ``pause_events``, a
+    :class:`SpeechPause` comes ``post_roll_ms`` into each silence, carrying the audio the
+    utterance will have if the silence lasts (same ``key``). Memory is one fixed ring.
     """
 
     def __init__(self, vad: FrameVad, start_ms: float = SegmenterConfig.start_ms,
@@ -290,7 +296,8 @@ class VadSegmenter:
                  pre_roll_ms: float = SegmenterConfig.pre_roll_ms,
                  min_utterance_ms: float = SegmenterConfig.min_utterance_ms,
                  max_utterance_s: float = SegmenterConfig.max_utterance_s,
-                 post_roll_ms: float = SegmenterConfig.post_roll_ms):
+                 post_roll_ms: float = SegmenterConfig.post_roll_ms,
+                 pause_events: bool = SegmenterConfig.pause_events):
         if min(start_ms, end_silence_ms, pre_roll_ms, min_utterance_ms, post_roll_ms) < 0 or max_utterance_s <= 0:
             raise ValueError("segmenter durations must be >= 0 (max_utterance_s > 0)")
         self.vad = vad
@@ -298,6 +305,7 @@ class VadSegmenter:
         self.start_ms, self.end_silence_ms = start_ms, end_silence_ms
         self.pre_roll_ms, self.post_roll_ms = pre_roll_ms, post_roll_ms
         self.min_utterance_ms, self.max_utterance_s = min_utterance_ms, max_utterance_s
+        self.pause_events = pause_events
         sr = self.sample_rate_hz
         self._frame_s = vad.frame_samples / sr
         self._pre_roll_samples = round(pre_roll_ms * sr / 1000)
@@ -314,7 +322,8 @@ class VadSegmenter:
     def from_config(cls, config: SegmenterConfig, vad: FrameVad | None = None) -> VadSegmenter:
         """A segmenter with ``config``'s durations around ``vad`` (default: ``make_vad(config)``)."""
         return cls(vad if vad is not None else make_vad(config), config.start_ms, config.end_silence_ms,
-                   config.pre_roll_ms, config.min_utterance_ms, config.max_utterance_s, config.post_roll_ms)
+                   config.pre_roll_ms, config.min_utterance_ms, config.max_utterance_s, config.post_roll_ms,
+                   config.pause_events)
 
     @property
     def buffer_capacity_samples(self) -> int:
@@ -333,6 +342,7 @@ class VadSegmenter:
         self._onset: tuple[int, float] | None = None  # (sample index, time) of the utterance onset
         self._last_voice: tuple[int, float] | None = None  # end of the last voiced frame
         self._piece_of_split = False
+        self._paused_at: int | None = None  # last voiced index a SpeechPause was given for
 
     def _time(self, index: int) -> float:
         return self._offset_s + index / self.sample_rate_hz
@@ -390,6 +400,9 @@ class VadSegmenter:
                 self._run_s += self._frame_s
                 if self._run_s * 1000 >= self.end_silence_ms - 1e-6:
                     self._end_utterance(self._last_voice, end_idx, split=self._piece_of_split)
+                elif self.pause_events and self._paused_at != self._last_voice[0] and \
+                        end_idx >= self._last_voice[0] + self._post_roll_samples:
+                    self._pause(end_idx)
 
     def _maybe_start(self) -> None:
         if self._run_s * 1000 >= self.start_ms - 1e-6:
@@ -411,6 +424,20 @@ class VadSegmenter:
         self.state, self._onset, self._last_voice, self._run_s = VadState.QUIET, None, None, 0.0
         self._piece_of_split = False
 
+    def _pause(self, now_index: int) -> None:
+        """The audio of the utterance so far is what _end_utterance would emit now: offer it."""
+        onset, last = self._onset, self._last_voice
+        self._paused_at = last[0]
+        if self._piece_of_split or (last[1] - onset[1]) * 1000 < self.min_utterance_ms - 1e-6:
+            return   # a split tail or a too-short run: nothing to start early on
+        start, audio = self._audio(onset, min(last[0] + self._post_roll_samples, now_index), pre_roll=True)
+        self._out.append(SpeechPause((onset[0], last[0]), onset[1], last[1], audio))
+
+    def _audio(self, onset: tuple[int, float], audio_end_index: int, pre_roll: bool) -> tuple[int, np.ndarray]:
+        start = max(onset[0] - (self._pre_roll_samples if pre_roll else 0), 0,
+                    self._ring.end_index - self._ring.capacity_samples)
+        return start, self._ring.read(start, audio_end_index).astype(np.float32) / INT16_FULL_SCALE
+
     def _emit(self, onset: tuple[int, float], end: tuple[int, float], audio_end_index: int,
               split: bool, pre_roll: bool) -> None:
         decided_wall_s = time.perf_counter()
@@ -418,12 +445,10 @@ class VadSegmenter:
         if not split and (end[1] - onset[1]) * 1000 < self.min_utterance_ms - 1e-6:
             self.dropped_short += 1
             return
-        audio_start_index = max(onset[0] - (self._pre_roll_samples if pre_roll else 0), 0,
-                                self._ring.end_index - self._ring.capacity_samples)
-        audio = self._ring.read(audio_start_index, audio_end_index).astype(np.float32) / INT16_FULL_SCALE
+        audio_start_index, audio = self._audio(onset, audio_end_index, pre_roll)
         self._out.append(Utterance(id=self._next_id, start_s=onset[1], end_s=end[1], audio=audio,
                                    end_of_speech_wall_s=decided_wall_s, split=split,
-                                   audio_start_s=self._time(audio_start_index)))
+                                   audio_start_s=self._time(audio_start_index), key=(onset[0], end[0])))
         self._next_id += 1
 
     def poll(self) -> list[Utterance | VadEvent]:
