@@ -30,7 +30,8 @@ from mmer.labels import get_label_set
 from mmer.runtime import CARD_FILE, CARD_FORMAT, MODEL_FILE, read_card  # noqa: F401  (read_card re-exported)
 
 TOKENIZER_DIR = "tokenizer"
-CARD_VERSION = 2     # 2: the card carries the model's contract (modality, heads, extra outputs) and export_info
+CARD_VERSION = 3     # 2: the card carries the model's contract and export_info; 3: speaker-stateful
+                     # models also export their speaker head (files["speaker_head"])
 
 
 class ExportError(RuntimeError):

@@ -117,6 +117,27 @@ class Served:
         :meth:`commit` it once it stands, e.g. the voice model begun at a pause in speech)."""
         return self.runtime(**self.processor.inputs(raw, **context))
 
+    def rehead(self, result: dict[str, np.ndarray], speaker: str = "") -> dict[str, np.ndarray] | None:
+        """``result`` of a speaker-stateful model re-read for ``speaker`` (its pooled feature
+        through the head only: the export's speaker head, or the torch model's); None when the
+        model has no separate head. A model without speaker state gives the same result for anyone."""
+        if not self.contract.speaker_state:
+            return result
+        if self.model is not None:
+            import torch
+
+            proc, dev = self.processor, self.model.device
+            state = proc.speaker_state(speaker)
+            with torch.inference_mode():
+                out = self.model.head_with_speaker(torch.from_numpy(result["audio_pooled"]).to(dev),
+                                                   *(torch.from_numpy(state[k]).to(dev) for k in
+                                                     ("speaker_count", "speaker_mean", "speaker_m2")))
+            feature = out.features["audio"].float().cpu().numpy()
+            return {**result, "logits": out.logits.float().cpu().numpy(), "probs": out.probs.float().cpu().numpy(),
+                    "audio": feature, "feature": feature}
+        rehead = getattr(self.processor, "rehead", None)
+        return rehead(result, speaker=speaker) if rehead is not None else None
+
     def commit(self, result: dict[str, np.ndarray], **context: Any) -> dict[str, np.ndarray]:
         """Let the processor read ``result`` back (extend the speaker's statistics); returns it."""
         context.pop("hidden", None)

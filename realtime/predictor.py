@@ -297,11 +297,17 @@ class Predictor:
         """The voice result of ``utterance``: a matching early run (committed now), else a new
         run in the worker (or inline)."""
         early, self._early = self._early, None
-        if early is not None and utterance.key is not None and early[:3] == (utterance.key, len(utterance.audio),
-                                                                            utterance.speaker):
+        if early is not None and utterance.key is not None and early[:2] == (utterance.key, len(utterance.audio)):
             out, ms = early[3].result()
-            self.voice.commit(out, speaker=utterance.speaker)
-            return _Done((out, ms))
+            if early[2] != utterance.speaker:
+                # The host named the speaker after the pause: the encoder's work stands, only the
+                # speaker head is run again, with this speaker's statistics.
+                t0 = time.perf_counter()
+                out = self.voice.rehead(out, speaker=utterance.speaker)
+                ms += _ms_since(t0)
+            if out is not None:
+                self.voice.commit(out, speaker=utterance.speaker)
+                return _Done((out, ms))
         if self._pool is not None:
             return self._pool.submit(self._run_voice, utterance)
         return _Done(self._run_voice(utterance))

@@ -58,6 +58,7 @@ MAX_MASK_FRACTION = 0.2            # one SpecAugment stripe covers at most this 
 PADDING_EXACT_MODEL_TYPES = ("wav2vec2", "hubert")
 SILENT_PEAK = 1e-4                 # whisper family: a clip's peak is floored here before scaling
 STD_FLOOR = 1e-3                   # whisper family: smallest per-feature std used to z-normalise
+SPEAKER_HEAD_FILE = "speaker_head.onnx"   # whisper exports: the head alone, to re-read a result for another speaker
 
 
 @dataclass(frozen=True)
@@ -545,6 +546,23 @@ class AudioStudent(MmerModel):
         cut = ("waveform", "attention_mask")
         return super().example_batch([{k: v[:, :n] if k in cut else v for k, v in s.items()} for s in pair])
 
+    def save_export_assets(self, folder: Path) -> dict[str, str]:
+        """whisper family: also the speaker head alone (pooled feature + a speaker's statistics ->
+        outputs) as ``speaker_head.onnx``, so a result computed for one speaker can be re-read
+        for another without a second encoder pass (a host that names the speaker late)."""
+        if self.dims.family != "whisper":
+            return {}
+        width = self.encoder.dims.width
+        head = _SpeakerHead(self).eval()
+        args = (torch.zeros(1, width), torch.ones(1, 1), torch.zeros(1, width), torch.ones(1, width))
+        names = ["audio_pooled", "speaker_count", "speaker_mean", "speaker_m2"]
+        outs = ["logits", "probs", "audio"]
+        with torch.no_grad():
+            torch.onnx.export(head, args, str(Path(folder) / SPEAKER_HEAD_FILE), dynamo=False, opset_version=17,
+                              input_names=names, output_names=outs,
+                              dynamic_axes={n: {0: "batch"} for n in names + outs})
+        return {"speaker_head": SPEAKER_HEAD_FILE}
+
     def export_info(self) -> dict:
         info = {"audio": {"sample_rate_hz": self.dims.sample_rate_hz, "max_samples": self.max_samples}}
         if self.dims.family == "whisper":
@@ -558,7 +576,22 @@ class AudioStudent(MmerModel):
         if dims.family == "whisper" and prior is None:
             raise ValueError(f"{folder}: a whisper-family voice export must carry its speaker prior "
                              f"(model.json 'speaker_prior'); re-export it with this mmer")
-        return WaveformProcessor(int(dims.max_audio_s * dims.sample_rate_hz), prior)
+        head = Path(folder) / SPEAKER_HEAD_FILE if folder is not None else None
+        return WaveformProcessor(int(dims.max_audio_s * dims.sample_rate_hz), prior,
+                                 head if head is not None and head.is_file() else None)
+
+
+class _SpeakerHead(nn.Module):
+    """The whisper student's head alone: (pooled, speaker statistics) -> (logits, probs, feature)."""
+
+    def __init__(self, student: AudioStudent) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, pooled: torch.Tensor, count: torch.Tensor, mean: torch.Tensor,
+                m2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.student.head_with_speaker(pooled, count, mean, m2)
+        return out.logits, out.probs, out.features["audio"]
 
 
 class WaveformProcessor(Processor):
@@ -567,10 +600,12 @@ class WaveformProcessor(Processor):
     running statistics, extended with each utterance's pooled feature in :meth:`outputs`
     (context ``speaker``: whose utterance it is)."""
 
-    def __init__(self, max_samples: int, speaker_prior: dict | None = None) -> None:
+    def __init__(self, max_samples: int, speaker_prior: dict | None = None, speaker_head: Path | None = None) -> None:
         from mmer.speaker_norm import SpeakerNormalizer
 
         self.max_samples = max_samples
+        self.speaker_head = speaker_head
+        self._head_session = None
         self.speakers = None if speaker_prior is None else SpeakerNormalizer(
             np.asarray(speaker_prior["mean"]), np.asarray(speaker_prior["var"]), float(speaker_prior["count"]))
 
@@ -578,15 +613,35 @@ class WaveformProcessor(Processor):
         wav = np.ascontiguousarray(np.asarray(raw, dtype=np.float32).reshape(-1)[:self.max_samples])[None]
         out = {"waveform": wav, "attention_mask": np.ones(wav.shape, dtype=np.int64)}
         if self.speakers is not None:
-            count, mean, m2 = self.speakers.welford(speaker)
-            out.update(speaker_count=np.array([[count]], np.float32), speaker_mean=mean[None].astype(np.float32),
-                       speaker_m2=m2[None].astype(np.float32))
+            out.update(self.speaker_state(speaker))
         return out
 
     def outputs(self, result: dict[str, np.ndarray], speaker: str = "", **context: Any) -> dict[str, np.ndarray]:
         if self.speakers is not None:
             self.speakers.update(speaker, result["audio_pooled"][0])
         return result
+
+    def speaker_state(self, speaker: str) -> dict[str, np.ndarray]:
+        """The speaker-statistics inputs of ``speaker`` as they stand (nothing is added)."""
+        count, mean, m2 = self.speakers.welford(speaker)
+        return {"speaker_count": np.array([[count]], np.float32), "speaker_mean": mean[None].astype(np.float32),
+                "speaker_m2": m2[None].astype(np.float32)}
+
+    def rehead(self, result: dict[str, np.ndarray], speaker: str = "") -> dict[str, np.ndarray] | None:
+        """``result`` (with its ``audio_pooled``) re-read for ``speaker`` through the export's
+        speaker head (ONNX Runtime, CPU); None when this processor has no head graph."""
+        if self.speakers is None or self.speaker_head is None:
+            return None
+        if self._head_session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            self._head_session = ort.InferenceSession(str(self.speaker_head), options,
+                                                      providers=["CPUExecutionProvider"])
+        logits, probs, feature = self._head_session.run(
+            None, {"audio_pooled": result["audio_pooled"].astype(np.float32), **self.speaker_state(speaker)})
+        return {**result, "logits": logits, "probs": probs, "audio": feature, "feature": feature}
 
     def reset(self) -> None:
         if self.speakers is not None:

@@ -73,3 +73,34 @@ def test_an_early_run_gives_the_prediction_of_a_late_one(conversation):
         assert early.voice.processor.speakers.utterances("user") == n
     finally:
         early.close()
+
+
+def test_a_speaker_named_late_reuses_the_encoder_pass(conversation, tmp_path):
+    """The host names the speaker after the pause: the early run's pooled feature goes through
+    the export's speaker head with that speaker's statistics, which equals a late run for them."""
+    pytest.importorskip("onnxruntime")
+    import mmer
+    from mmer.export import export
+    from mmer.realtime.predictor import Predictor
+    from mmer.serving import serve
+
+    folder = tmp_path / "voice"
+    export(mmer.load("default-voice"), "onnx", folder, ("parity.num_samples=2", "parity.audio_range_s=[0.5, 1.5]"))
+    assert (folder / "speaker_head.onnx").is_file()
+    utterances = [i for i in segment(conversation) if isinstance(i, Utterance)]
+    for served in (serve(folder), serve("default-voice", "torch")):
+        late, early = Predictor(voice_model=serve(folder)), Predictor(voice_model=served, parallel=True)
+        # "user" (the speaker the early runs are made for) has a history unlike anyone's, so an
+        # early result that were not re-read for the named speaker would differ.
+        width = len(early.voice.processor.speakers.prior_mean)
+        early.voice.processor.speakers.update("user", np.random.default_rng(0).normal(3.0, 2.0, width))
+        try:
+            for i, u in enumerate(utterances):
+                early.speculate(SpeechPause(u.key, u.start_s, u.end_s, u.audio), "user")
+                u.speaker = ("alex", "sam")[i % 2]
+                a, b = late.predict(u), early.predict(u)
+                np.testing.assert_allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-4)
+            assert early.voice.processor.speakers.utterances("user") == 1   # the seed only
+            assert early.voice.processor.speakers.utterances("alex") == 1
+        finally:
+            early.close()
