@@ -16,6 +16,7 @@ raw input (dialogue turns, a waveform, face crops, features) into graph inputs, 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -137,7 +138,7 @@ class Contract:
 _MODALITY_OF_FEATURE = {"text": "text", "audio": "audio", "visual": "visual", "fused": "fusion"}
 
 
-class Processor:
+class Processor(ABC):
     """Raw input -> the graph's named numpy inputs (a batch of one), and back.
 
     One processor serves every backend, so torch, ONNX Runtime and TensorRT see identical
@@ -146,8 +147,9 @@ class Processor:
     per-speaker statistics) and returns them.
     """
 
+    @abstractmethod
     def inputs(self, raw: Any, **context: Any) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The graph's named inputs (a batch of one) for ``raw``."""
 
     def outputs(self, result: dict[str, np.ndarray], **context: Any) -> dict[str, np.ndarray]:
         return result

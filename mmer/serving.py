@@ -124,17 +124,7 @@ class Served:
         if not self.contract.speaker_state:
             return result
         if self.model is not None:
-            import torch
-
-            proc, dev = self.processor, self.model.device
-            state = proc.speaker_state(speaker)
-            with torch.inference_mode():
-                out = self.model.head_with_speaker(torch.from_numpy(result["audio_pooled"]).to(dev),
-                                                   *(torch.from_numpy(state[k]).to(dev) for k in
-                                                     ("speaker_count", "speaker_mean", "speaker_m2")))
-            feature = out.features["audio"].float().cpu().numpy()
-            return {**result, "logits": out.logits.float().cpu().numpy(), "probs": out.probs.float().cpu().numpy(),
-                    "audio": feature, "feature": feature}
+            return {**result, **self.model.outputs_from_pooled(result["audio_pooled"], speaker)}
         rehead = getattr(self.processor, "rehead", None)
         return rehead(result, speaker=speaker) if rehead is not None else None
 
@@ -173,13 +163,12 @@ def cached_export(spec: str | Path, precision: str = "fp32", data_root: Any = No
     ``int8-static``), built into :func:`cache_dir` on first use (parity gates included; a failed
     gate is an error) and reused while the checkpoint's content is unchanged."""
     from mmer.checkpoint import resolve
+    from mmer.export.onnx_export import CARD_VERSION
 
     if precision not in PRECISION_FORMATS:
         raise ServeError(f"precision {precision!r} is not one of {sorted(PRECISION_FORMATS)}")
     folder = resolve(spec)
     fmt = PRECISION_FORMATS[precision]
-    from mmer.export.onnx_export import CARD_VERSION
-
     target = cache_dir() / "exports" / f"{folder.name}-{fmt}-{_checkpoint_key(folder)}"
     if is_export_folder(target) and read_card(target).get("format_version") == CARD_VERSION:
         return target

@@ -161,10 +161,10 @@ def describe(pipeline: Any, cfg: LiveConfig) -> list[str]:
     sources = getattr(pred, "sources", {})
     active = pred.modalities
     lines = [f"modalities: {', '.join(active) or 'none'}; fusion: {pred.fusion_name}"]
-    if pred.text_model is not None:
-        lines.append("  text:   " + model_summary(pred.text_model, sources.get("text")))
-    if pred.voice_model is not None:
-        lines.append("  voice:  " + model_summary(pred.voice_model, sources.get("voice")))
+    if pred.text is not None:
+        lines.append("  text:   " + model_summary(pred.text, sources.get("text")))
+    if pred.voice is not None:
+        lines.append("  voice:  " + model_summary(pred.voice, sources.get("voice")))
     if pipeline.face_path is not None:
         face = pipeline.face_path.face_model
         lines.append("  face:   " + model_summary(getattr(face, "model", face), sources.get("face"))

@@ -25,9 +25,9 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from concurrent.futures import wait
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import wait
 from typing import Any, Callable
 
 import numpy as np
@@ -189,7 +189,7 @@ class LivePipeline:
         return apply_host_message(self, message, self.config.context.host_speaker)
 
     # -- segmentation -> prediction queue -----------------------------------------------------
-    def _dispatch(self, items: list[Utterance | VadEvent], decided_at_s: float) -> None:
+    def _dispatch(self, items: list[Utterance | VadEvent | SpeechPause], decided_at_s: float) -> None:
         for item in items:
             if isinstance(item, VadEvent):
                 self._event({"type": "vad", "kind": item.kind, "time_s": round(item.time_s, 3)})

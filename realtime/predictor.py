@@ -261,16 +261,6 @@ class Predictor:
     def fusion_name(self) -> str:
         return "asf" if self.asf is not None else "late"
 
-    @property
-    def text_model(self) -> Any:
-        """The served text model (:class:`mmer.serving.Served`), or None."""
-        return self.text
-
-    @property
-    def voice_model(self) -> Any:
-        """The served voice model, or None."""
-        return self.voice
-
     def reset(self) -> None:
         """A new conversation: forget the speakers' running voice statistics."""
         if self.voice is not None:

@@ -334,7 +334,7 @@ class VadSegmenter:
         """Forget all audio and state (ids keep increasing so they stay unique)."""
         self.vad.reset()
         self._ring.reset()
-        self._out: list[Utterance | VadEvent] = []
+        self._out: list[Utterance | VadEvent | SpeechPause] = []
         self.state = VadState.QUIET
         self._offset_s: float | None = None  # stream time of absolute sample 0
         self._frames_done = 0  # frames classified since reset
@@ -430,7 +430,7 @@ class VadSegmenter:
         self._paused_at = last[0]
         if self._piece_of_split or (last[1] - onset[1]) * 1000 < self.min_utterance_ms - 1e-6:
             return   # a split tail or a too-short run: nothing to start early on
-        start, audio = self._audio(onset, min(last[0] + self._post_roll_samples, now_index), pre_roll=True)
+        _, audio = self._audio(onset, min(last[0] + self._post_roll_samples, now_index), pre_roll=True)
         self._out.append(SpeechPause((onset[0], last[0]), onset[1], last[1], audio))
 
     def _audio(self, onset: tuple[int, float], audio_end_index: int, pre_roll: bool) -> tuple[int, np.ndarray]:
@@ -451,12 +451,12 @@ class VadSegmenter:
                                    audio_start_s=self._time(audio_start_index), key=(onset[0], end[0])))
         self._next_id += 1
 
-    def poll(self) -> list[Utterance | VadEvent]:
+    def poll(self) -> list[Utterance | VadEvent | SpeechPause]:
         """Everything decided since the last poll, in stream order."""
         out, self._out = self._out, []
         return out
 
-    def flush(self) -> list[Utterance | VadEvent]:
+    def flush(self) -> list[Utterance | VadEvent | SpeechPause]:
         """End of stream / shutdown: close a pending utterance now and return all outputs.
 
         A run still in STARTING (shorter than ``start_ms``) is discarded as noise.

@@ -177,7 +177,6 @@ def run_teacher(recipe: TeacherRecipe, resume: bool = False) -> dict:
 
 # -- frozen models on samples (shared by the student and fusion stages and by mmer-eval) -------
 MAX_PIXEL = 255.0
-LUMA_RGB = (0.299, 0.587, 0.114)   # RGB -> gray, for graphs that read gray face crops (C = 1)
 
 
 def media_batch(dataset: EmotionDataset, samples: Sequence[Sample], modality: str,
@@ -255,6 +254,7 @@ def run_served(served: Any, dataset: EmotionDataset, samples: Sequence[Sample]) 
     """What :func:`run_frozen` returns, from any served artefact (:mod:`mmer.serving`: an export
     folder on ONNX Runtime or TensorRT, or a checkpoint on torch), one sample at a time through
     the model's own processor. Speaker-stateful models meet the speakers in the live order."""
+    from mmer.models.visual_student import LUMA_RGB   # RGB -> gray, for graphs that read gray crops
     from mmer.training.voice import causal_order
 
     modality = served.modality

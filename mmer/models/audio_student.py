@@ -30,11 +30,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import numpy as np
 
 from mmer.audio import SAMPLE_RATE_HZ, LogMel
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
@@ -519,15 +518,22 @@ class AudioStudent(MmerModel):
         instead of a second encoder pass when the waveform is within ``max_audio_s``."""
         if hidden is None or self.dims.family != "whisper" or len(raw) > self.max_samples:
             return super().predict(raw, speaker=speaker, **context)
-        proc = self.processor()
-        state = proc.inputs(raw[:1], speaker=speaker)
         dev = self.device
         pooled = self.encode_whisper(torch.zeros(1, 1, device=dev), torch.ones(1, 1, device=dev), hidden=hidden)
+        return self.processor().outputs(self.outputs_from_pooled(pooled, speaker), speaker=speaker)
+
+    @torch.inference_mode()
+    def outputs_from_pooled(self, pooled: torch.Tensor | np.ndarray, speaker: str = "") -> dict[str, np.ndarray]:
+        """whisper family: the outputs of a pooled feature (1, H) read with ``speaker``'s statistics
+        as they stand (the head only; nothing is committed to the statistics)."""
+        dev = self.device
+        pooled = torch.as_tensor(pooled, dtype=torch.float32).to(dev)
+        state = self.processor().speaker_state(speaker)
         out = self.head_with_speaker(pooled, *(torch.from_numpy(state[k]).to(dev)
                                                for k in ("speaker_count", "speaker_mean", "speaker_m2")))
-        result = {"logits": out.logits, "probs": out.probs, "audio": out.features["audio"], "audio_pooled": pooled,
-                  "feature": out.features["audio"]}
-        return proc.outputs({k: v.float().cpu().numpy() for k, v in result.items()}, speaker=speaker)
+        feature = out.features["audio"].float().cpu().numpy()
+        return {"logits": out.logits.float().cpu().numpy(), "probs": out.probs.float().cpu().numpy(),
+                "audio": feature, "feature": feature, "audio_pooled": pooled.float().cpu().numpy()}
 
     def example_inputs(self, n: int = 2, seed: int = 0, data_root: Any = None, data: str = "meld-dev",
                        audio_range_s: tuple[float, float] | None = None) -> list[dict[str, np.ndarray]]:
@@ -536,8 +542,7 @@ class AudioStudent(MmerModel):
 
         lo, hi = audio_range_s or (AUDIO_MIN_S, AUDIO_MAX_S)
         clips = audio_samples(n, seed, data_root, lo, hi, speech=data == "meld-dev")
-        proc = self.processor_for(self.dims, None, self.export_info())
-        return [proc.inputs(c["waveform"][0]) for c in clips]
+        return [self.processor().inputs(c["waveform"][0]) for c in clips]
 
     def example_batch(self, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Equal-length clips, so tracing follows the batched path every audio family has."""
