@@ -29,14 +29,15 @@ def default_config_file() -> Path:
 class SourceConfig:
     """Where audio and video come from.
 
-    camera: camera index, or None for no camera. mic: sounddevice input (index or name
+    camera: camera index, a device path (/dev/video2) or a URL / GStreamer pipeline OpenCV can
+    open, or None for no camera. mic: sounddevice input (index or name
     substring), None for the system default. input: a wav/mp4 file to replay instead of the
     devices; realtime: replay at the recording's pace (False: as fast as possible).
     reconnect: on a lost device, try to reopen it ``reconnect_attempts`` times,
     ``reconnect_wait_s`` apart, instead of exiting.
     """
 
-    camera: int | None = 0
+    camera: int | str | None = 0
     mic: str | None = None
     input: str | None = None
     realtime: bool = True
@@ -56,11 +57,15 @@ class AsrConfig:
     model_dir: the ASR model folder; None picks the backend's packaged default. "shared-encoder"
     (default): Whisper tiny.en on one unpadded torch encoder pass whose states the whisper voice
     model reuses (realtime/asr.py SharedEncoderASR; 4-5x faster than "faster-whisper", which pads
-    every utterance to 30 s, at the same word error rate)."""
+    every utterance to 30 s, at the same word error rate). device: where the ASR runs ("cpu",
+    "cuda"); language: what is spoken ("en"; None lets a multilingual model detect it, where the
+    backend can)."""
 
     backend: Literal["shared-encoder", "faster-whisper", "hf-whisper", "none"] = "shared-encoder"
     model_dir: str | None = None
     text_wait_s: float = 2.0
+    device: str = "cpu"
+    language: str | None = "en"
 
 
 @dataclass(frozen=True)
@@ -120,11 +125,22 @@ class ContextConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     """json: "-" for stdout, a file path, or None. ws_port: serve predictions on this port
-    (0 = any free port), None for no websocket. show: the OpenCV overlay window."""
+    (0 = any free port), None for no websocket. show: the OpenCV overlay window.
+
+    The websocket refuses browsers from other sites: a client that sends an ``Origin`` header
+    must send one of ``ws_origins`` (besides the page mmer serves itself); native clients send
+    none. ``ws_token``: when set, clients must present it (``?token=`` or the
+    ``Authorization: Bearer`` header). ``ws_max_clients`` / ``ws_max_message_bytes`` /
+    ``ws_max_messages_per_s`` cap connections and what each client may send."""
 
     json: str | None = "-"
     ws_port: int | None = None
     ws_host: str = "127.0.0.1"
+    ws_origins: tuple[str, ...] = ()
+    ws_token: str | None = None
+    ws_max_clients: int = 8
+    ws_max_message_bytes: int = 64 * 1024
+    ws_max_messages_per_s: float = 20.0
     show: bool = False
 
 
