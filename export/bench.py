@@ -48,6 +48,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmer.contract import Contract, collate
+from mmer.errors import UsageError
 from mmer.extras import MissingExtra
 from mmer.runtime import (MODEL_FILE, ENGINE_FILE, RTX, TRT, Runtime, RuntimeUnavailable, TorchRuntime,
                           is_export_folder, load_runtime, read_card)
@@ -71,8 +72,8 @@ MS = 1000.0
 MB = float(1 << 20)
 
 
-class BenchError(ValueError):
-    """An artefact that cannot be benchmarked; the message names it and the fix."""
+class BenchError(UsageError):
+    """An artefact that cannot be benchmarked; the message names it and the fix (a ValueError too)."""
 
 
 # -- what is benchmarked --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mmer.contract import BATCH, Contract
+from mmer.errors import EnvironmentProblem
 from mmer.export.config import EngineConfig, ProfilesConfig
 from mmer.extras import require
 from mmer.runtime import ENGINE_CARD, ENGINE_FILE, RTX, RTX_RUNS_ON, TRT  # noqa: F401  (re-exported)
@@ -39,8 +40,8 @@ MIB = 1 << 20
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "mmer" / "tensorrt.timing.cache"
 
 
-class EngineBuildError(RuntimeError):
-    """An engine that could not be built; the message carries the parser/builder errors."""
+class EngineBuildError(EnvironmentProblem):
+    """An engine that could not be built; the message carries the parser/builder errors (a RuntimeError too)."""
 
 
 Shape = tuple[int, ...]

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmer.errors import UsageError
 from mmer.registry import EXPORT_FORMATS
 
 COMMON_SECTIONS = ("opset", "data_root", "parity")
 
 
-class UnsupportedOption(ValueError):
-    """An option the chosen format does not read."""
+class UnsupportedOption(UsageError):
+    """An option the chosen format does not read (a ValueError too)."""
 
 
 @dataclass(frozen=True)

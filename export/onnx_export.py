@@ -25,6 +25,7 @@ from torch import nn
 
 import mmer
 from mmer.contract import Contract, ContractError, GraphWrapper
+from mmer.errors import MmerError
 from mmer.extras import require
 from mmer.labels import get_label_set
 from mmer.runtime import CARD_FILE, CARD_FORMAT, MODEL_FILE, read_card  # noqa: F401  (read_card re-exported)
@@ -34,8 +35,10 @@ CARD_VERSION = 3     # 2: the card carries the model's contract and export_info;
                      # models also export their speaker head (files["speaker_head"])
 
 
-class ExportError(RuntimeError):
-    """A model that cannot be exported as asked; the message says why and what to do."""
+class ExportError(MmerError, RuntimeError):
+    """A model that cannot be exported as asked; the message says why and what to do (a RuntimeError too)."""
+
+    kind = "usage"
 
 
 def contract_of(model: nn.Module) -> Contract:

@@ -26,6 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
+from mmer.errors import MmerError
 from mmer.extras import require
 
 FP16_SAFE_MAX = 1.0e4   # |x| above this is kept FP32: FP16 overflows at 65504, and products need headroom
@@ -33,8 +34,10 @@ QUANT_OPS = ("MatMul", "Gemm", "Conv")  # the ops that carry the FLOPs; others s
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
-class QuantizeError(RuntimeError):
-    """A conversion that cannot be done as asked."""
+class QuantizeError(MmerError, RuntimeError):
+    """A conversion that cannot be done as asked (a method, target or sample set the caller chose)."""
+
+    kind = "usage"
 
 
 def large_value_nodes(src: str | Path, samples: list[dict[str, np.ndarray]], limit: float = FP16_SAFE_MAX) -> list[str]:

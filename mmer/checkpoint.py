@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mmer.errors import UsageError
 from mmer.registry import MODELS
 
 FORMAT = "mmer-checkpoint"
@@ -29,10 +32,15 @@ WEIGHTS = "model.safetensors"
 META = "mmer.json"
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+REQUIRED_META = ("model", "dims", "label_set")   # a checkpoint carries its sizes: no default dims
+HEADER_LEN_BYTES = 8                    # safetensors: u64 little-endian header length, then JSON
+PICKLE_MAGIC = (b"PK\x03\x04",          # torch.save's zip archive (a pickle inside)
+                b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")   # a bare pickle, protocol 2-5
+FIX = "re-save it with mmer.checkpoint.save_checkpoint(), or re-download/re-train the checkpoint"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file and the fix."""
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be read; the message names the file and the fix (a ValueError too)."""
 
 
 def _state_dict_for_save(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -101,6 +109,7 @@ def resolve(path_or_name: str | Path) -> Path:
 
 
 def read_meta(folder: str | Path) -> dict:
+    """The checkpoint's ``mmer.json``, checked: format, version, and the keys loading needs."""
     folder = resolve(folder)
     meta_path = folder / META
     if not meta_path.is_file():
@@ -108,14 +117,59 @@ def read_meta(folder: str | Path) -> dict:
                               f"(written by mmer.checkpoint.save_checkpoint)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({e}); re-save the checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({e}); {FIX}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; {FIX}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{meta_path}: format_version {meta['format_version']} is newer than this mmer "
                               f"reads ({FORMAT_VERSION}); upgrade mmer")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path}: {META} has no {' and no '.join(repr(k) for k in missing)}; {FIX}")
+    if not isinstance(meta["dims"], dict) or not meta["dims"]:
+        raise CheckpointError(f"{meta_path}: 'dims' must be the model's sizes as a non-empty mapping, got "
+                              f"{meta['dims']!r}; {FIX}")
     return meta
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Refuse, with a :class:`CheckpointError` naming ``path`` and the fix, a weights file that is
+    not a whole safetensors file: empty, a pickle under a safetensors name, a foreign file, or one
+    cut short (its header promises more bytes than it holds). Reads only the header."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; {FIX}")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(HEADER_LEN_BYTES + 1)
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes); {FIX}")
+    if head[HEADER_LEN_BYTES:] != b"{":   # the JSON header of a safetensors file opens right after its length
+        if head.startswith(PICKLE_MAGIC):
+            what = "not a safetensors file (it starts like a Python pickle; mmer never loads pickles)"
+        elif size <= HEADER_LEN_BYTES:
+            what = f"truncated: {size} bytes, shorter than a safetensors header"
+        else:
+            what = "not a safetensors file (it does not start with a safetensors header)"
+        raise CheckpointError(f"{path}: {what}; {FIX}")
+    (header_len,) = struct.unpack("<Q", head[:HEADER_LEN_BYTES])
+    header_end = HEADER_LEN_BYTES + header_len
+    if header_end > size:
+        raise CheckpointError(f"{path}: truncated: header says at least {header_end} bytes, file has {size}; {FIX}")
+    with path.open("rb") as f:
+        f.seek(HEADER_LEN_BYTES)
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+        data_len = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a valid tensor table); "
+                              f"{FIX}") from None
+    if header_end + data_len > size:
+        raise CheckpointError(f"{path}: truncated: header says {header_end + data_len} bytes, file has {size}; {FIX}")
 
 
 def load_checkpoint(path_or_name: str | Path, device: str | torch.device = "cpu") -> Any:
@@ -126,14 +180,20 @@ def load_checkpoint(path_or_name: str | Path, device: str | torch.device = "cpu"
     meta = read_meta(folder)
     cls = MODELS.get(meta["model"])
     dims = cls.dims_from_dict(meta["dims"], source=str(folder / META))
-    model = cls.from_checkpoint(dims, folder)
     weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{folder}: {WEIGHTS} is missing")
-    state = load_file(str(weights))
+    check_weights_file(weights)   # before building the architecture, which can be slow
+    model = cls.from_checkpoint(dims, folder)
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as e:   # a corruption the header check cannot see
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e}); {FIX}") from None
     expected = model.state_dict()
     state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:      # tensor shapes that differ from the dims in mmer.json
+        raise CheckpointError(f"{weights}: weights do not match the '{meta['model']}' architecture in {META}: "
+                              f"{e}") from None
     # Only tied (shared-storage) weights may be absent from the file.
     ptrs = {}
     for k, v in expected.items():

@@ -3,7 +3,12 @@
 Layering is ``defaults <- file <- key=value overrides``. Every key is checked against the
 dataclass fields: an unknown key or a value of the wrong type raises :class:`ConfigError`
 naming the file, the dotted key and the closest valid key, so a typo never silently falls
-back to a default.
+back to a default. A numeric field declared with :func:`bounded` also has its range checked
+(``queues.utterances=0`` is refused, not taken as "unbounded").
+
+    @dataclass(frozen=True)
+    class Queues:
+        utterances: int = bounded(8, ge=1, le=1024)
 
     cfg = load_config(TrainConfig, "configs/meld_teacher.yaml", ["optim.lr=2e-5"])
     save_config(cfg, run_dir / "config.yaml")
@@ -20,11 +25,88 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from mmer.errors import UsageError
+
 T = TypeVar("T")
+RANGE = "range"   # dataclass field metadata key holding a field's Range
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not match its dataclass."""
+class ConfigError(UsageError):
+    """A config file or override that does not match its dataclass (a ValueError too)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field: each bound inclusive (``ge``, ``le``), exclusive
+    (``gt``, ``lt``) or absent. ``None`` values (an optional field turned off) are always allowed,
+    and sequence values are checked item by item."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: Any) -> bool:
+        """True when ``value`` lies inside (NaN never does)."""
+        if value is None:
+            return True
+        if isinstance(value, (list, tuple)):
+            return all(self.holds(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True   # not a number: the type check owns it
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self, name: str) -> str:
+        """``'1 <= queues.utterances <= 1024'``, ``'0 < face.max_fps <= 120'``, ``'x >= 1'``."""
+        lower = [(b, op) for b, op in ((self.ge, "<="), (self.gt, "<")) if b is not None]
+        upper = [(op, b) for b, op in ((self.le, "<="), (self.lt, "<")) if b is not None]
+        if lower and not upper:   # a lone lower bound reads better after the name
+            (bound, op), = lower
+            return f"{name} {op.replace('<', '>')} {_num(bound)}"
+        return " ".join([f"{_num(b)} {op}" for b, op in lower] + [name] + [f"{op} {_num(b)}" for op, b in upper])
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field with ``default`` whose loaded value must satisfy the given bounds.
+
+    ``ge``/``le`` are inclusive, ``gt``/``lt`` exclusive; a violation in a file or override raises
+    :class:`ConfigError` naming the source, the dotted key, the value and the allowed range.
+    The class attribute stays the plain default (``SegmenterConfig.end_silence_ms == 550.0``).
+    """
+    if ge is not None and gt is not None or le is not None and lt is not None:
+        raise TypeError("bounded(): give at most one lower bound (ge or gt) and one upper bound (le or lt)")
+    return dataclasses.field(default=default, metadata={RANGE: Range(ge=ge, gt=gt, le=le, lt=lt)})
+
+
+def range_of(cls: type, name: str) -> Range | None:
+    """The :class:`Range` declared on field ``name`` of dataclass ``cls``, if any."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get(RANGE)
+    return None
+
+
+def _check_range(allowed: Range | None, value: Any, source: str, dotted: str) -> None:
+    if allowed is not None and not allowed.holds(value):
+        raise ConfigError(f"{source}: key '{dotted}' = {value!r} is out of range; allowed: "
+                          f"{allowed.describe(dotted)}")
+
+
+def check_ranges(cfg: Any, source: str = "<config>", prefix: str = "") -> None:
+    """Check every :func:`bounded` field of config dataclass ``cfg``, nested sections included
+    (``load_config`` checks what files and overrides set; this checks a whole config, defaults too)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, source, f"{prefix}{f.name}.")
+        else:
+            _check_range(f.metadata.get(RANGE), value, source, f"{prefix}{f.name}")
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -128,6 +210,7 @@ def _build(cls: type[T], data: dict, source: str, prefix: str = "", base: T | No
             values[key] = _build(tp, value, source, f"{dotted}.", getattr(current, key))
         else:
             values[key] = _coerce(value, tp, f"{source}: key '{dotted}'")
+            _check_range(range_of(cls, key), values[key], source, dotted)
     return dataclasses.replace(current, **values)
 
 
@@ -174,8 +257,10 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Resolve ``cls`` defaults <- YAML ``path`` <- ``key=value`` ``overrides``."""
+    """Resolve ``cls`` defaults <- YAML ``path`` <- ``key=value`` ``overrides``; every key's type
+    and every :func:`bounded` field's range is checked (:class:`ConfigError` otherwise)."""
     cfg = cls()
+    check_ranges(cfg, f"the defaults of {cls.__name__}")
     if path is not None:
         cfg = from_dict(cls, read_yaml(path), str(path), cfg)
     for text in overrides:

@@ -24,14 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmer.errors import UsageError
+
 BATCH = "batch"
 OUTPUTS = ("logits", "probs")
 SCORE_OUTPUTS = ("score",)    # sentiment regression models: one score in [-3, 3] per row
 MODALITIES = ("text", "audio", "visual", "fusion", "multimodal")
 
 
-class ContractError(ValueError):
-    """A model without a contract, or inputs that do not match it; the message says which."""
+class ContractError(UsageError):
+    """A model without a contract, or inputs that do not match it; the message says which (a ValueError too)."""
 
 
 @dataclass(frozen=True)

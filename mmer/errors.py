@@ -30,6 +30,8 @@ callers that caught those before still do.
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Literal
 
 Kind = Literal["usage", "environment", "gate"]
@@ -69,3 +71,24 @@ class EnvironmentProblem(MmerError, RuntimeError):
 def exit_code_of(error: BaseException) -> int:
     """The exit code for ``error``: its kind's for an :class:`MmerError`, else ``EXIT_FAILED``."""
     return error.exit_code if isinstance(error, MmerError) else EXIT_FAILED
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def setup_logging(prog: str, level: int = logging.WARNING) -> None:
+    """A command's log lines: ``prog: message`` on stderr for the ``mmer`` loggers."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    root = logging.getLogger("mmer")
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from mmer.errors import MmerError
+
 # module -> (pip command, what needs it)
 EXTRAS: dict[str, tuple[str, str]] = {
     "onnx": ("pip install 'mmer[export]'", "ONNX export"),
@@ -22,8 +24,10 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 
 
-class MissingExtra(ImportError):
-    """An optional dependency is not installed; the message says how to install it."""
+class MissingExtra(MmerError, ImportError):
+    """An optional dependency is not installed; the message says how to install it (an ImportError too)."""
+
+    kind = "environment"
 
 
 def require(module: str) -> ModuleType:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mmer.contract import Contract, GraphWrapper
+from mmer.errors import EnvironmentProblem, UsageError
 from mmer.extras import require
 from mmer.registry import Registry
 
@@ -36,18 +37,20 @@ CARD_FORMAT = "mmer-export"
 RTX = "tensorrt_rtx"
 TRT = "tensorrt"
 RTX_RUNS_ON = ("8.0", "8.6", "8.9", "12.0", "12.1")   # compute capabilities TensorRT-RTX engines load on
+CARD_REQUIRED = ("model", "dims", "label_set", "inputs", "outputs", "feature")   # what serving a card reads
 RUNTIME_CACHE_FILE = "runtime.cache"   # TensorRT-RTX JIT kernels, kept beside the engine
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 MAX_CUDA_GRAPHS = 16                   # captured input-shape signatures kept per torch runtime
 _LOGGERS: dict[str, Any] = {}
 
 
-class RuntimeUnavailable(RuntimeError):
+class RuntimeUnavailable(EnvironmentProblem):
     """The backend cannot run here (no GPU, unsupported GPU, missing library); the message says why."""
 
 
-class ExportFolderError(FileNotFoundError):
-    """A folder that is not an export mmer-export wrote; the message says what is missing."""
+class ExportFolderError(UsageError, FileNotFoundError):
+    """A folder that is not an export mmer-export wrote; the message says what is missing
+    (a ValueError and a FileNotFoundError too)."""
 
 
 def trt_logger(lib: Any) -> Any:
@@ -67,9 +70,14 @@ def read_card(folder: str | Path) -> dict:
     if not path.is_file():
         raise ExportFolderError(f"{folder}: no {CARD_FILE}; export folders are written by mmer-export")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportFolderError(f"{path}: not valid JSON ({e}); export the model again with mmer-export") from None
+    missing = [k for k in CARD_REQUIRED if not isinstance(card, dict) or k not in card]
+    if missing:
+        raise ExportFolderError(f"{path}: {CARD_FILE} has no {' and no '.join(repr(k) for k in missing)}; "
+                                f"export the model again with mmer-export")
+    return card
 
 
 def is_export_folder(path: str | Path) -> bool:

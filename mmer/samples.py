@@ -15,12 +15,10 @@ one batch.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,9 @@ import numpy as np
 from mmer.audio import SAMPLE_RATE_HZ, load_waveform
 from mmer.dialogue import Turn
 from mmer.contract import collate  # noqa: F401  (re-exported: samples are collated here too)
+from mmer.errors import MmerError
 from mmer.labels import get_label_set
+from mmer.meld import read_meld_csv
 
 MELD_DIR = "MELD"
 MELD_DEV = "dev_sent_emo.csv"
@@ -43,8 +43,10 @@ FACE_GRAY, BACKGROUND_GRAY = 0.75, 0.35
 MISSING_FRAME_PROB = 0.15        # share of frames the face path found no face in
 
 
-class SampleDataError(FileNotFoundError):
+class SampleDataError(MmerError, FileNotFoundError):
     """The data a sample set needs is not where it was looked for; the message says where to put it."""
+
+    kind = "usage"
 
 
 def default_data_root() -> Path:
@@ -65,37 +67,15 @@ def meld_dev_csv(data_root: str | Path | None = None) -> Path:
                           f"{MELD_DEV}); pass --data-root to the folder holding MELD/ or set MMER_DATA_ROOT")
 
 
-def read_meld_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a MELD CSV, cleaned by the training loader when it is installed."""
-    try:
-        from mmer.training.meld import read_meld_csv
-    except ImportError:  # the training package is optional for exporting
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            return [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f)]
-    return read_meld_csv(path)
-
-
-def meld_dev_utterances(data_root: str | Path | None = None) -> list[tuple[list[Turn], str, float]]:
-    """Every MELD dev utterance as (dialogue turns up to and including it, emotion, duration s)."""
-    rows = read_meld_rows(meld_dev_csv(data_root))
-    dialogues: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        dialogues[row["Dialogue_ID"]].append(row)
+def meld_dev_utterances(data_root: str | Path | None = None) -> list[tuple[list[Turn], str | None, float]]:
+    """Every MELD dev utterance as (dialogue turns up to and including it, emotion, duration s), through
+    :func:`mmer.meld.read_meld_csv`, the reader the text models were trained through."""
     out = []
-    for rows_of in dialogues.values():
-        rows_of.sort(key=lambda r: int(r["Utterance_ID"]))
-        turns = [Turn(r["Speaker"], r["Utterance"]) for r in rows_of]
-        for i, r in enumerate(rows_of):
-            out.append((turns[:i + 1], r["Emotion"], _duration_s(r)))
+    for dialogue in read_meld_csv(meld_dev_csv(data_root)):
+        turns = [Turn(r.speaker, r.text) for r in dialogue.rows]
+        for i, r in enumerate(dialogue.rows):
+            out.append((turns[:i + 1], r.emotion, r.duration_s))
     return out
-
-
-def _duration_s(row: dict) -> float:
-    try:
-        from mmer.training.meld import srt_time_s
-        return max(0.0, srt_time_s(row["EndTime"]) - srt_time_s(row["StartTime"]))
-    except (ImportError, KeyError, ValueError):
-        return 0.0
 
 
 def teacher_samples(model: Any, n: int, seed: int = 0, data_root: str | Path | None = None

@@ -37,6 +37,7 @@ import numpy as np
 
 from mmer.calibration import Calibration
 from mmer.contract import Contract, Processor
+from mmer.errors import UsageError
 from mmer.labels import get_label_set
 from mmer.runtime import RUNTIMES, Runtime, is_export_folder, load_runtime, read_card
 
@@ -49,8 +50,8 @@ CACHE_ENV = "MMER_CACHE"
 HASH_CHUNK = 1 << 20
 
 
-class ServeError(ValueError):
-    """An artefact that cannot be served as asked; the message names it and the fix."""
+class ServeError(UsageError):
+    """An artefact that cannot be served as asked; the message names it and the fix (a ValueError too)."""
 
 
 def cache_dir() -> Path:

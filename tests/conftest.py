@@ -8,13 +8,14 @@ pretrained weights.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from mmer.meld import MeldDialogue, read_meld_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MELD_TRAIN = Path("data") / "MELD" / "train_sent_emo.csv"
@@ -36,12 +37,6 @@ def shared_root() -> Path:
     return Path(os.environ.get("MMER_SHARED", REPO_ROOT.parent / "shared"))
 
 
-def read_meld_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a MELD ``*_sent_emo.csv`` file as dicts (UTF-8, header names as keys)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The shared data folder; tests that need it skip when it is absent."""
@@ -52,12 +47,19 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def meld_train_rows(shared_dir: Path) -> list[dict[str, str]]:
-    """All rows of MELD's train_sent_emo.csv."""
+def meld_train_dialogues(shared_dir: Path) -> list[MeldDialogue]:
+    """Every dialogue of MELD's train_sent_emo.csv (mmer.meld), typographic punctuation kept as written."""
     path = shared_dir / MELD_TRAIN
     if not path.is_file():
         pytest.skip(f"{path} not found")
-    return read_meld_rows(path)
+    # ’ … — kept: the tiny WordPiece vocabulary, and so every random-weight model built on it,
+    # stays what it was when the tests' expectations were set.
+    return read_meld_csv(path, ascii_punctuation=False)
+
+
+def meld_texts(dialogues: list[MeldDialogue]) -> list[str]:
+    """Every utterance's text, dialogue by dialogue."""
+    return [row.text for dialogue in dialogues for row in dialogue.rows]
 
 
 def _tiny_dims() -> dict:
@@ -66,7 +68,7 @@ def _tiny_dims() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_text_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
+def tiny_text_encoder_dir(tmp_path_factory, meld_train_dialogues) -> Path:
     """A tiny random BERT folder (config, weights, WordPiece tokenizer built from MELD words)."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -74,8 +76,8 @@ def tiny_text_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
     folder = tmp_path_factory.mktemp("tiny_bert")
     counts: Counter[str] = Counter()
     chars: set[str] = set()
-    for row in meld_train_rows:
-        text = row["Utterance"].lower()
+    for text in meld_texts(meld_train_dialogues):
+        text = text.lower()
         counts.update(re.findall(r"\w+|[^\w\s]", text))
         chars.update(c for c in text if not c.isspace())
     words = [w for w, _ in counts.most_common(TINY_WORDPIECE_WORDS)]
@@ -92,7 +94,7 @@ def tiny_text_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_roberta_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
+def tiny_roberta_encoder_dir(tmp_path_factory, meld_train_dialogues) -> Path:
     """A tiny random RoBERTa folder with a byte-level BPE tokenizer trained on MELD utterances."""
     import torch
     from tokenizers import ByteLevelBPETokenizer
@@ -100,7 +102,7 @@ def tiny_roberta_encoder_dir(tmp_path_factory, meld_train_rows) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny_roberta")
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator((row["Utterance"] for row in meld_train_rows), vocab_size=TINY_BPE_VOCAB,
+    bpe.train_from_iterator(meld_texts(meld_train_dialogues), vocab_size=TINY_BPE_VOCAB,
                             min_frequency=2, special_tokens=ROBERTA_SPECIALS, show_progress=False)
     bpe.save_model(str(folder))
     tokenizer = RobertaTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))

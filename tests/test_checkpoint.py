@@ -1,6 +1,7 @@
 """Checkpoint I/O: safetensors + mmer.json, dims inside, no YAML needed, pickles refused."""
 
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -110,3 +111,70 @@ def test_unknown_model_name_is_named(tmp_path):
     (ck / META).write_text(json.dumps(meta))
     with pytest.raises(KeyError, match="unknown model 'techer'"):
         load_checkpoint(ck)
+
+
+# -- broken files end in one message naming the file and the fix (issue #12) -----------------
+def _break_weights(ck, how):
+    weights = ck / WEIGHTS
+    if how == "pickle":
+        torch.save({"enc.weight": torch.zeros(4, 5)}, weights)   # a pickle under the safetensors name
+    elif how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[:len(data) - 7])
+    elif how == "empty":
+        weights.write_bytes(b"")
+    return weights
+
+
+def _break_meta(ck, how):
+    path = ck / META
+    meta = json.loads(path.read_text())
+    if how == "invalid json":
+        path.write_text("{not json")
+        return path
+    del meta[how.removeprefix("no ")]
+    path.write_text(json.dumps(meta))
+    return path
+
+
+BROKEN = [("weights", "pickle", "not a safetensors file .*starts like a Python pickle; mmer never loads pickles"),
+          ("weights", "truncated", r"truncated: header says (\d+) bytes, file has (?!\1)\d+"),
+          ("weights", "empty", r"empty file \(0 bytes\)"),
+          ("meta", "no model", "mmer.json has no 'model'"),
+          ("meta", "no dims", "mmer.json has no 'dims'"),
+          ("meta", "invalid json", "not valid JSON")]
+
+
+@pytest.mark.parametrize("part, how, what", BROKEN, ids=[b[1] for b in BROKEN])
+def test_broken_checkpoint_names_the_file_and_the_fix(tmp_path, part, how, what):
+    ck = save_checkpoint(Tiny(TinyDims()), tmp_path / "ck")
+    bad = (_break_weights if part == "weights" else _break_meta)(ck, how)
+    with pytest.raises(CheckpointError) as caught:
+        mmer.load(ck)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ")
+    assert re.search(what, message), message
+    assert "re-download/re-train" in message
+    assert isinstance(caught.value, ValueError) and caught.value.exit_code == 2
+
+
+def test_dims_are_never_defaulted(tmp_path):
+    ck = save_checkpoint(Tiny(TinyDims(hidden=6)), tmp_path / "ck")
+    meta = json.loads((ck / META).read_text())
+    meta["dims"] = {}
+    (ck / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="'dims' must be the model's sizes"):
+        mmer.load(ck)
+
+
+@pytest.mark.parametrize("part, how, what", BROKEN, ids=[b[1] for b in BROKEN])
+def test_mmer_eval_reports_a_broken_checkpoint_in_one_line(tmp_path, capsys, part, how, what):
+    from mmer.training.cli import eval_main
+
+    ck = save_checkpoint(Tiny(TinyDims()), tmp_path / "ck")
+    bad = (_break_weights if part == "weights" else _break_meta)(ck, how)
+    code = eval_main([str(ck), "--data", "ravdess", "--data-root", str(tmp_path / "no-data"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"mmer-eval: {bad}: " in err and re.search(what, err), err
+    assert "Traceback" not in err

@@ -1,12 +1,17 @@
 """Strict config: defaults <- file <- overrides, and errors that name the file, the key and the fix."""
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Literal, Optional, get_args, get_type_hints
 
 import pytest
 import yaml
 
-from mmer.config import ConfigError, load_config, parse_override, read_yaml, save_config
+from mmer.config import RANGE, ConfigError, bounded, check_ranges, load_config, parse_override, read_yaml, save_config
+
+SHIPPED = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,121 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_shipped_configs_are_valid_yaml():
-    from pathlib import Path
-
-    for p in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+    for p in SHIPPED:
         assert isinstance(read_yaml(p), dict), p
+
+
+# -- ranges (issue #12: a queue bound of 0 is refused, not unbounded) ---------------------------
+@dataclass(frozen=True)
+class Limits:
+    workers: int = bounded(2, ge=1, le=8)
+    fps: float = bounded(15.0, gt=0, le=120)
+    port: Optional[int] = bounded(None, ge=0, le=65535)
+    ratio: float = bounded(0.5, ge=0, lt=1)
+    sizes: tuple[int, ...] = bounded((1, 2), ge=1)
+
+
+@dataclass(frozen=True)
+class WithLimits:
+    limits: Limits = field(default_factory=Limits)
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("limits.workers=0", "1 <= limits.workers <= 8"),
+    ("limits.workers=9", "1 <= limits.workers <= 8"),
+    ("limits.fps=0", "0 < limits.fps <= 120"),
+    ("limits.fps=.nan", "0 < limits.fps <= 120"),
+    ("limits.port=70000", "0 <= limits.port <= 65535"),
+    ("limits.ratio=1", "0 <= limits.ratio < 1"),
+    ("limits.sizes=[4, 0]", "limits.sizes >= 1"),
+])
+def test_out_of_range_value_names_source_key_value_and_range(override, allowed):
+    with pytest.raises(ConfigError) as e:
+        load_config(WithLimits, None, [override])
+    msg = str(e.value)
+    assert msg.startswith(f"override '{override}': key '{override.split('=')[0]}' = ") and "out of range" in msg
+    assert msg.endswith(f"allowed: {allowed}"), msg
+
+
+def test_range_edges_and_none_pass(tmp_path):
+    cfg = load_config(WithLimits, write(tmp_path, {"limits": {"workers": 8, "fps": 120, "port": None}}),
+                      ["limits.workers=1", "limits.ratio=0", "limits.port=0"])
+    assert (cfg.limits.workers, cfg.limits.fps, cfg.limits.port, cfg.limits.ratio) == (1, 120.0, 0, 0.0)
+    assert Limits.workers == 2   # the class attribute stays the plain default
+
+
+def test_range_error_names_the_file(tmp_path):
+    p = write(tmp_path, {"limits": {"workers": 0}})
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(p))}: key 'limits.workers' = 0 is out of range"):
+        load_config(WithLimits, p)
+
+
+def test_a_bad_default_is_caught_at_load():
+    @dataclass(frozen=True)
+    class Broken:
+        n: int = bounded(0, ge=1)
+
+    with pytest.raises(ConfigError, match="the defaults of Broken: key 'n' = 0"):
+        load_config(Broken)
+
+
+def test_one_bound_per_side():
+    with pytest.raises(TypeError, match="at most one lower bound"):
+        bounded(1, ge=0, gt=0)
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("queues.utterances=0", "1 <= queues.utterances <= 1024"),
+    ("segmenter.end_silence_ms=1e9", "10 <= segmenter.end_silence_ms <= 10000"),
+    ("outputs.ws_port=99999", "0 <= outputs.ws_port <= 65535"),
+    ("face.max_fps=0", "0 < face.max_fps <= 120"),
+    ("queues.host_texts=0", "1 <= queues.host_texts <= 4096"),
+])
+def test_live_config_refuses_out_of_range_values(override, allowed):
+    from mmer.realtime.config import load_live_config
+
+    with pytest.raises(ConfigError) as e:
+        load_live_config(None, [override])
+    assert f"key '{override.split('=')[0]}'" in str(e.value) and str(e.value).endswith(f"allowed: {allowed}")
+
+
+def test_live_defaults_are_inside_their_ranges_and_every_number_has_one():
+    from mmer.realtime.config import LiveConfig, load_live_config
+
+    cfg = load_live_config()
+    check_ranges(cfg, "LiveConfig defaults")
+    assert cfg == LiveConfig()
+    unbounded = []
+    for section in dataclasses.fields(cfg):
+        cls = type(getattr(cfg, section.name))
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            numeric = {int, float} & {hints[f.name], *get_args(hints[f.name])}
+            if numeric and RANGE not in f.metadata:
+                unbounded.append(f"{section.name}.{f.name}")
+    assert not unbounded, f"numeric live settings without a range: {unbounded}"
+
+
+def _stage_of(path):
+    """The training stage a shipped recipe belongs to, from its name."""
+    for word, stage in (("teacher", "teacher"), ("student", "student"), ("voice", "student"), ("fusion", "fusion")):
+        if word in path.stem:
+            return stage
+    return "msa"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_configs_load_with_every_value_in_range(path):
+    if path.stem == "live":
+        from mmer.realtime.config import load_live_config
+
+        cfg = load_live_config(path)
+    elif path.stem == "export":
+        from mmer.export.config import load_export_config
+
+        cfg = load_export_config(path)
+    else:
+        from mmer.training.recipes import load_recipe
+
+        cfg = load_recipe(_stage_of(path), path)
+    check_ranges(cfg, str(path))

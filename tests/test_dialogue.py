@@ -27,11 +27,8 @@ def roberta_tokenizer(tiny_roberta_encoder_dir):
 
 
 @pytest.fixture
-def meld_dialogues(meld_train_rows) -> dict[str, list[Turn]]:
-    dialogues: dict[str, list[Turn]] = {}
-    for row in meld_train_rows:
-        dialogues.setdefault(row["Dialogue_ID"], []).append(Turn(row["Speaker"], row["Utterance"]))
-    return dialogues
+def meld_dialogues(meld_train_dialogues) -> dict[int, list[Turn]]:
+    return {d.dialogue_id: [Turn(r.speaker, r.text) for r in d.rows] for d in meld_train_dialogues}
 
 
 def speaker_ids_in(encoding: dict, prompt: DialoguePrompt) -> list[str]:
@@ -182,7 +179,7 @@ def test_utterance_cannot_inject_mask_or_speaker_tokens(bert_tokenizer):
 
 def test_each_text_tokenised_once(bert_tokenizer, meld_dialogues):
     prompt = DialoguePrompt(bert_tokenizer)
-    dialogue = meld_dialogues["0"]
+    dialogue = meld_dialogues[0]
     cached_before = len(prompt._cache)  # the prompt's own words
     for t in range(len(dialogue)):
         prompt.encode(dialogue, t)
@@ -191,7 +188,7 @@ def test_each_text_tokenised_once(bert_tokenizer, meld_dialogues):
 
 def test_first_meld_dialogue(bert_tokenizer, meld_dialogues):
     prompt = DialoguePrompt(bert_tokenizer)
-    dialogue = meld_dialogues["0"]
+    dialogue = meld_dialogues[0]
     encodings = [prompt.encode(dialogue, t) for t in range(len(dialogue))]
     lengths = [len(e["input_ids"]) for e in encodings]
     assert lengths == sorted(lengths) and lengths[-1] <= MAX_TOKENS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
 
-SAMPLE_RATE_HZ = 16_000
+from mmer.media import SAMPLE_RATE_HZ
 EPS = 1e-8
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mmer.checkpoint import CheckpointError
 from mmer.config import ConfigError
+from mmer.errors import UsageError
 from mmer.extras import MissingExtra
 from mmer.training.datasets import DatasetError, dataset_names
 
@@ -106,8 +107,8 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class EvalError(ValueError):
-    """A model that mmer-eval cannot feed with the asked data; the message says why."""
+class EvalError(UsageError):
+    """A model that mmer-eval cannot feed with the asked data; the message says why (a ValueError too)."""
 
 
 def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root: str | None = None,
@@ -134,7 +135,7 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     import torch
 
     import mmer
-    from mmer.checkpoint import read_meta, resolve
+    from mmer.checkpoint import WEIGHTS, check_weights_file, read_meta, resolve
     from mmer.labels import get_label_map, get_label_set
     from mmer.training.datasets import dataset_class
     from mmer.training.recipes import DataConfig
@@ -148,6 +149,8 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
     exported = is_export_folder(model)
     folder = Path(model) if exported else resolve(model)
     meta = read_card(folder) if exported else read_meta(folder)
+    if not exported:
+        check_weights_file(folder / WEIGHTS)   # a broken file fails now, not after a pass over the data
     kind, model_labels = meta["model"], meta["label_set"]
     modality = MODELS.get(kind).modality
     dev = resolve_device(device)

@@ -31,14 +31,15 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from mmer.dialogue import Turn
+from mmer.errors import UsageError
 from mmer.labels import LabelSet, get_label_set
+from mmer.media import SAMPLE_RATE_HZ  # every audio encoder mmer uses (data2vec, wav2vec2, HuBERT) reads 16 kHz
 from mmer.registry import DATASETS
 from mmer.training import media
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("text", "audio", "visual")
-SAMPLE_RATE_HZ = 16_000           # every audio encoder mmer uses (data2vec, wav2vec2, HuBERT) reads 16 kHz
 DEFAULT_MAX_AUDIO_S = 20.0        # s; TelME kept 400,000 samples at 22.05 kHz (18.1 s), MELD p99.9 is 17.8 s
 DEFAULT_N_FRAMES = 8              # TimeSformer-base reads 8 frames
 DEFAULT_FRAME_SIZE_PX = 224       # TimeSformer-base input side
@@ -48,8 +49,8 @@ DATASET_MODULES = ("mmer.training.meld", "mmer.training.iemocap", "mmer.training
 EVAL_SPLIT = "test"               # the only split of an evaluation-only set
 
 
-class DatasetError(ValueError):
-    """A dataset root is missing a file or folder, or holds something unreadable."""
+class DatasetError(UsageError):
+    """A dataset root is missing a file or folder, or holds something unreadable (a ValueError too)."""
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
-"""Clip decoding for the training datasets, through the ffmpeg / ffprobe command-line tools.
+"""Clip decoding for the training datasets, through :mod:`mmer.media` (PyAV).
 
-ffmpeg reads every container the corpora ship (MELD mp4/AAC, IEMOCAP DivX avi and wav, EmoDB
-wav). Whole audio files go through :func:`mmer.audio.load_waveform` (the decoder inference
-uses too), spans of long recordings through an ffmpeg seek; either way audio reaches the
-encoders as 16 kHz mono float32 (defect 2: the authors decoded MELD at 22.05 kHz for a 16 kHz
-model). Frames come out of ffmpeg as rgb24, so they are RGB by construction (defect 4: the
-authors fed OpenCV's BGR to an RGB model), sampled uniformly over the whole clip.
+:mod:`mmer.media` reads every container the corpora ship (MELD mp4/AAC, IEMOCAP DivX avi and
+wav, EmoDB wav) and is the decoder inference uses too: whole files and spans of long
+recordings alike reach the encoders as 16 kHz mono float32, down-mixed and resampled by the
+soxr resampler the live microphone and the file replay use (defect 2: the authors decoded
+MELD at 22.05 kHz for a 16 kHz model). Frames are decoded as rgb24, so they are RGB by
+construction (defect 4: the authors fed OpenCV's BGR to an RGB model), sampled uniformly over
+the whole clip.
 
-Every failure raises :class:`MediaError` with ffmpeg's own message; the datasets turn it into
-a logged skip.
+Every failure raises :class:`MediaError` (= :class:`mmer.media.MediaError`) naming the clip;
+the datasets turn it into a logged skip.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,46 +25,24 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mmer import media as core
 from mmer.extras import require
+from mmer.media import SAMPLE_RATE_HZ, MediaError
 
 log = logging.getLogger(__name__)
 
-FFMPEG_TIMEOUT_S = 300            # s; a minutes-long mis-cut MELD clip still decodes well inside this
-STDERR_CHARS = 300                # characters of ffmpeg's message kept in an error
 RGB_CHANNELS = 3
 MAX_PIXEL = 255.0                 # uint8 frames
-PROBE_WORKERS = 2                 # ffprobe processes at once (the developer machines have 2 cores)
+PROBE_WORKERS = 2                 # probing threads at once (the developer machines have 2 cores)
 
-
-class MediaError(RuntimeError):
-    """A clip is missing, unreadable, or holds no stream of the kind asked for."""
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise MediaError(f"'{name}' is not on PATH; install FFmpeg (Debian: apt-get install ffmpeg)")
-    return path
-
-
-def _run(args: list[str], path: Path) -> bytes:
-    if not Path(path).is_file():
-        raise MediaError(f"{path}: file not found")
-    try:
-        done = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                              timeout=FFMPEG_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise MediaError(f"{path}: {args[0]} took longer than {FFMPEG_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        msg = done.stderr.decode("utf-8", "replace").strip().replace("\n", " | ")[-STDERR_CHARS:]
-        raise MediaError(f"{Path(path).name}: {Path(args[0]).name} failed ({msg or f'exit {done.returncode}'})")
-    return done.stdout
+__all__ = ["ClipInfo", "MediaError", "decode_audio", "face_crop_frames", "probe", "probe_many", "read_frames",
+           "square_resize"]
 
 
 # -- probing ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClipInfo:
-    """What ffprobe reports about a media file."""
+    """What :func:`mmer.media.probe` reports about a clip, in the form the probe cache stores."""
 
     duration_s: float
     has_audio: bool
@@ -75,20 +52,13 @@ class ClipInfo:
 
 
 def probe(path: str | Path) -> ClipInfo:
-    """Duration and streams of ``path``; raises :class:`MediaError` if ffprobe cannot read it."""
-    out = _run([_tool("ffprobe"), "-v", "error", "-show_entries",
-                "format=duration:stream=codec_type,width,height", "-of", "json", str(path)], Path(path))
-    info = json.loads(out or b"{}")
-    streams = info.get("streams", [])
-    video = [s for s in streams if s.get("codec_type") == "video"]
-    try:
-        duration = float(info.get("format", {}).get("duration", "nan"))
-    except ValueError:
-        duration = float("nan")
-    if not streams or not np.isfinite(duration):
-        raise MediaError(f"{Path(path).name}: no readable stream or duration")
-    return ClipInfo(duration, any(s.get("codec_type") == "audio" for s in streams), bool(video),
-                    int(video[0].get("width", 0)) if video else 0, int(video[0].get("height", 0)) if video else 0)
+    """Duration and streams of ``path``; raises :class:`MediaError` if it cannot be read (or is cut)."""
+    info = core.probe(path)
+    if info.duration_s is None or not np.isfinite(info.duration_s):
+        raise MediaError(f"{path}: no duration in the container. {core.FIX_CORRUPT}")
+    video = info.video
+    return ClipInfo(float(info.duration_s), info.has_audio, video is not None,
+                    video.width_px if video else 0, video.height_px if video else 0)
 
 
 def probe_many(paths: Iterable[Path], cache_file: Path | None = None, workers: int = PROBE_WORKERS,
@@ -139,8 +109,8 @@ def probe_many(paths: Iterable[Path], cache_file: Path | None = None, workers: i
     return results
 
 
-def _seek_args(span_s: tuple[float, float] | None, max_s: float | None) -> list[str]:
-    """ffmpeg input options that read [start, end) of a file, at most ``max_s`` seconds."""
+def _span(span_s: tuple[float, float] | None, max_s: float | None) -> tuple[float, float | None]:
+    """(start_s, length_s or None) that read [start, end) of a file, at most ``max_s`` seconds."""
     start, length = 0.0, None
     if span_s is not None:
         start, end = float(span_s[0]), float(span_s[1])
@@ -149,50 +119,44 @@ def _seek_args(span_s: tuple[float, float] | None, max_s: float | None) -> list[
         length = end - start
     if max_s is not None:
         length = max_s if length is None else min(length, max_s)
-    args = ["-ss", f"{start:.4f}"] if start > 0 else []
-    return args + (["-t", f"{length:.4f}"] if length is not None else [])
+    return start, length
 
 
 # -- audio --------------------------------------------------------------------------------
-def decode_audio(path: str | Path, sample_rate_hz: int = 16_000, span_s: tuple[float, float] | None = None,
+def decode_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ, span_s: tuple[float, float] | None = None,
                  max_audio_s: float | None = None) -> np.ndarray:
-    """Decode audio to mono float32 (T,) in [-1, 1] at ``sample_rate_hz``, T <= cap.
+    """Decode audio to mono float32 (T,) in [-1, 1) at ``sample_rate_hz``, T <= cap.
 
-    A whole file goes through :func:`mmer.audio.load_waveform`, the decoder the rest of mmer
-    uses, so training and inference read files identically; a span of a longer recording is
-    cut by ffmpeg (a seek), then capped the same way.
+    :func:`mmer.media.decode_audio`, the decoder the rest of mmer uses, so training and
+    inference read files identically, whole or a span of a longer recording.
 
     Args:
-        path: any file ffmpeg reads (wav, mp4, avi).
+        path: any file FFmpeg reads (wav, mp4, avi).
         span_s: (start, end) seconds to read; None reads the whole file.
         max_audio_s: keep at most this many seconds from the start of the span (the cap).
 
     Raises:
-        MediaError: missing or undecodable file, or no audio stream.
+        MediaError: missing, undecodable, truncated or corrupt file, or no audio stream.
     """
-    if span_s is None:
-        from mmer.audio import AudioDecodeError, load_waveform
-
-        try:
-            return load_waveform(path, sample_rate_hz, max_audio_s=max_audio_s)
-        except (FileNotFoundError, AudioDecodeError) as e:
-            raise MediaError(str(e)) from None
-    args = [_tool("ffmpeg"), "-nostdin", "-v", "error", *_seek_args(span_s, max_audio_s), "-i", str(path),
-            "-vn", "-map", "0:a:0", "-ac", "1", "-ar", str(int(sample_rate_hz)), "-f", "f32le", "-"]
-    wav = np.frombuffer(_run(args, Path(path)), dtype="<f4").astype(np.float32)
-    if max_audio_s is not None:
-        wav = wav[:int(round(max_audio_s * sample_rate_hz))]  # ffmpeg's -t may overshoot by a packet
-    return wav
+    start_s, length_s = _span(span_s, max_audio_s)
+    return core.decode_audio(path, sample_rate_hz, start_s=start_s, duration_s=length_s)
 
 
 # -- frames -------------------------------------------------------------------------------
+def _cover_size(width: int, height: int, side_px: int) -> tuple[int, int]:
+    """(w, h) with the shorter side ``side_px`` and the aspect kept (both >= ``side_px``)."""
+    scale = side_px / min(width, height)
+    return max(side_px, round(width * scale)), max(side_px, round(height * scale))
+
+
 def read_frames(path: str | Path, n_frames: int, span_s: tuple[float, float] | None = None,
                 size_px: int | None = None) -> np.ndarray:
     """Decode ``n_frames`` RGB frames spread uniformly over the clip (or ``span_s`` of it).
 
-    ffmpeg's ``fps`` filter picks frames at ``n_frames / duration`` per second, i.e. evenly over
+    Frame k is the one shown nearest to ``start + k * duration / n_frames``, i.e. evenly over
     the whole clip (the authors took every (N//8)-th frame, so long clips lost their end).
-    Clips with fewer frames than asked repeat frames evenly.
+    Clips with fewer frames than asked repeat frames evenly. Frames are decoded one by one;
+    only the chosen ones are kept.
 
     Args:
         size_px: resize the shorter side to this and centre-crop a square; None keeps the size.
@@ -200,31 +164,39 @@ def read_frames(path: str | Path, n_frames: int, span_s: tuple[float, float] | N
     Returns:
         uint8 (n_frames, H, W, 3), channels in RGB order.
     """
-    info = probe(path)
-    if not info.has_video or info.width <= 0 or info.height <= 0:
-        raise MediaError(f"{Path(path).name}: no video stream")
-    duration = info.duration_s if span_s is None else float(span_s[1]) - float(span_s[0])
-    if span_s is not None:
-        duration = min(duration, max(info.duration_s - float(span_s[0]), 0.0))
+    info = core.probe(path)
+    video = info.video
+    if video is None or video.width_px <= 0 or video.height_px <= 0:
+        raise MediaError(f"{path}: no video stream. fix: give the clip with its pictures")
+    clip_s = video.duration_s if video.duration_s is not None else info.duration_s or 0.0
+    start_s, length_s = _span(span_s, None)
+    duration = clip_s if length_s is None else min(length_s, max(clip_s - start_s, 0.0))
     if duration <= 0:
-        raise MediaError(f"{Path(path).name}: span {span_s} lies outside the {info.duration_s:.2f} s clip")
+        raise MediaError(f"{path}: span {span_s} lies outside the {clip_s:.2f} s clip")
+    size = _cover_size(video.width_px, video.height_px, int(size_px)) if size_px else None
+    targets = [start_s + k * duration / n_frames for k in range(n_frames)]
+    chosen: list[np.ndarray] = []
+    previous = None  # (time_s, image) of the frame before the current one
+    with core.MediaReader(path, audio=False, video=True, pixel_format="rgb24", frame_size=size,
+                          start_s=start_s, duration_s=duration if span_s is not None else None) as reader:
+        for frame in reader.video_frames():
+            while len(chosen) < n_frames and targets[len(chosen)] <= frame.time_s:
+                t = targets[len(chosen)]
+                near_previous = previous is not None and t - previous[0] < frame.time_s - t
+                chosen.append(previous[1] if near_previous else frame.image)
+            if len(chosen) == n_frames:
+                break
+            previous = (frame.time_s, frame.image)
+    if previous is None and not chosen:
+        raise MediaError(f"{path}: no frame decoded. {core.FIX_CORRUPT}")
+    while len(chosen) < n_frames:  # targets after the last frame: the clip's last frame
+        chosen.append(previous[1])
+    frames = np.stack(chosen)
     if size_px:
-        w = h = int(size_px)
-        scale = f"scale={w}:{h}:force_original_aspect_ratio=increase,crop={w}:{h}"
-    else:
-        w, h = info.width, info.height
-        scale = f"scale={w}:{h}"  # pins the output size the raw bytes are parsed with
-    rate = n_frames / duration
-    args = [_tool("ffmpeg"), "-nostdin", "-v", "error", *_seek_args(span_s, None), "-i", str(path), "-an",
-            "-vf", f"fps={rate:.6f},{scale}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    raw = _run(args, Path(path))
-    frame_bytes = w * h * RGB_CHANNELS
-    got = len(raw) // frame_bytes
-    if got == 0:
-        raise MediaError(f"{Path(path).name}: no frame decoded")
-    frames = np.frombuffer(raw[:got * frame_bytes], dtype=np.uint8).reshape(got, h, w, RGB_CHANNELS)
-    index = np.linspace(0, got - 1, n_frames).round().astype(int)
-    return np.ascontiguousarray(frames[index])
+        h, w = frames.shape[1:3]
+        top, left = (h - int(size_px)) // 2, (w - int(size_px)) // 2
+        frames = frames[:, top:top + int(size_px), left:left + int(size_px)]
+    return np.ascontiguousarray(frames)
 
 
 def square_resize(frames: Sequence[np.ndarray], size_px: int) -> np.ndarray:

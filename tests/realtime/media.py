@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000
-INT16_FULL_SCALE = 32768.0
+from mmer.media import INT16_FULL_SCALE, SAMPLE_RATE_HZ
 SPEECH_LEVEL = 0.005  # |x| above this (about -46 dBFS) counts as sound when trimming espeak-ng output
 NOISE_FLOOR_DBFS = -60.0  # faint room noise (RMS) added to "silence" so it is not digital zero
 DEFAULT_FPS = 15

@@ -90,8 +90,9 @@ def test_real_rows_with_typographic_quotes_and_their_mojibake(meld_dir, tmp_path
     raw = [r for r in csv.reader(open(meld_dir / "train_sent_emo.csv", encoding="utf-8", newline=""))]
     header, quoted = raw[0], [r for r in raw[1:] if "\u2019" in r[1] or "\u2026" in r[1] or "\u2014" in r[1]]
     assert len(quoted) > 1000  # 3,550 right quotes in train
-    clean = {r["Sr No."]: r["Utterance"] for r in read_meld_csv(meld_dir / "train_sent_emo.csv")}
-    first = clean["1"]
+    clean = {(r.dialogue_id, r.utterance_id): r.text for d in read_meld_csv(meld_dir / "train_sent_emo.csv")
+             for r in d.rows}
+    first = clean[(0, 0)]
     assert first.startswith("also I was the point person on my company's transition")
     assert not any(ch in "".join(clean.values()) for ch in "\u2019\u2026\u2014\u00e2")
     # The same real rows as a cp1252 reader writes them ("company\u00e2\u20ac\u2122s"): repaired.
@@ -99,7 +100,8 @@ def test_real_rows_with_typographic_quotes_and_their_mojibake(meld_dir, tmp_path
     assert any("\u00e2\u20ac\u2122" in r[1] for r in broken)
     with open(tmp_path / "train_sent_emo.csv", "w", encoding="utf-8", newline="") as f:
         csv.writer(f, lineterminator="\r\n").writerows([header] + broken)
-    repaired = {r["Sr No."]: r["Utterance"] for r in read_meld_csv(tmp_path / "train_sent_emo.csv")}
+    repaired = {(r.dialogue_id, r.utterance_id): r.text for d in read_meld_csv(tmp_path / "train_sent_emo.csv")
+                for r in d.rows}
     assert len(repaired) == 300 and all(v == clean[k] for k, v in repaired.items())
 
 
@@ -181,6 +183,33 @@ def test_face_crop_without_a_face_keeps_whole_frames(tmp_path):
     frames = media.read_frames(red, 8)
     cropped = media.face_crop_frames(frames, 16)  # no face in a red frame: resized, not guessed
     assert cropped.shape == (8, 16, 16, 3) and cropped[..., 0].mean() > 200 and cropped[..., 2].mean() < 30
+
+
+def test_training_decodes_a_clip_as_the_replay_does(tmp_path):
+    # The same 44.1 kHz stereo AAC clip: training's decode and mmer-predict's replay (FileSource)
+    # run one decoder and one resampler, so the voice model hears the same numbers (train/serve).
+    from mmer.realtime.sources import FileSource
+
+    clip = make_clip(tmp_path / "talk.mp4", "We were on a break!")
+    trained = media.decode_audio(clip)
+    with FileSource(clip, include_video=False) as src:
+        replayed = np.concatenate([c.samples for c in iter(src.read, None)]).astype(np.float32) / 32768
+    assert len(replayed) == len(trained)
+    assert np.abs(replayed - trained).max() < 1e-3 * np.abs(trained).max()
+
+
+def test_cut_clip_is_an_undecodable_skip_naming_it(tmp_path):
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=32x32:rate=10:d=8",
+                    "-f", "lavfi", "-i", "sine=f=300:r=44100:d=8", "-ac", "2", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart", str(whole)],
+                   check=True)
+    cut = tmp_path / "dia9_utt9.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for read in (media.probe, media.decode_audio, lambda p: media.read_frames(p, 4)):
+        with pytest.raises(media.MediaError, match=r"dia9_utt9\.mp4: truncated or corrupt at \d+\.\d s of 8\.0 s"):
+            read(cut)
+    assert media.MediaError.__module__ == "mmer.media"
 
 
 def test_corrupt_and_missing_clips_are_skipped_with_reason(tiny, tmp_path, caplog):
