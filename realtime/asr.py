@@ -17,16 +17,16 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 
 from mmer.extras import MissingExtra, require
+from mmer.media import INT16_FULL_SCALE
 from mmer.realtime.frames import SAMPLE_RATE_HZ, Utterance
 
 log = logging.getLogger(__name__)
 
-INT16_FULL_SCALE = 32768.0
 DEFAULT_CPU_THREADS = 2  # leaves cores to capture, VAD and the emotion models on a small machine
 WARMUP_AUDIO_S = 1.0  # the first call pays for allocations; warm up on this much audio
 HF_MAX_NEW_TOKENS = 128  # ~15 s of fast speech; our utterances are capped at 15 s
@@ -243,7 +243,8 @@ class SharedEncoderASR(FasterWhisperASR):
             return "", False
         text = self._tokenizer.decode(tokens).strip()
         raw = text.encode("utf-8")
-        looped = bool(raw) and len(raw) / len(zlib.compress(raw)) > COMPRESSION_RATIO_THRESHOLD
+        looped = bool(raw) and (len(raw) / len(zlib.compress(raw)) > COMPRESSION_RATIO_THRESHOLD
+                                or _said_twice(text))
         return text, looped or len(tokens) >= max_tokens
 
     def transcribe_states(self, states, duration_s: float | None = None) -> Transcript:
@@ -350,43 +351,46 @@ _STOP = object()
 
 
 class AsrWorker:
-    """Transcribes utterances in a worker thread, first in first out.
+    """Transcribes utterances in a worker thread, first in first out, and hands each one on.
 
     ``submit`` enqueues without waiting while fewer than ``max_pending`` utterances wait;
     beyond that it blocks until the worker catches up (never drops; each such wait is
-    counted in ``blocked_submits``). ``poll`` returns finished utterances in submission order,
-    with ``text`` set (kept as supplied when the backend returns None), ``encoder_hidden`` when
-    the backend returns encoder states, and ``timings_ms["asr"]`` (transcription) and
-    ``timings_ms["asr_wait"]`` (queueing) in ms.
-    A failing transcription is logged and counted in ``errors``; its utterance still comes
-    back, with ``text`` unchanged.
+    counted in ``blocked_submits``). Each finished utterance goes to ``forward(utterance)``
+    in the worker thread, in submission order, with ``text`` set (kept as supplied when the
+    backend returns None, repetition loops cut: :func:`cut_repetition`), ``encoder_hidden``
+    when the backend returns encoder states, and ``timings_ms["asr"]`` (transcription) and
+    ``timings_ms["asr_wait"]`` (queueing) in ms. ``forward`` may block (the next stage's
+    bounded queue): that is the backpressure. A failing transcription is logged and counted
+    in ``errors``; its utterance still goes on, with ``text`` unchanged.
     """
 
-    def __init__(self, asr: SpeechToText, max_pending: int = DEFAULT_MAX_PENDING):
+    def __init__(self, asr: SpeechToText, max_pending: int = DEFAULT_MAX_PENDING,
+                 forward: Callable[[Utterance], None] | None = None):
+        if max_pending < 1:
+            raise ValueError(f"AsrWorker max_pending must be >= 1, got {max_pending}")
         self.asr = asr
         self.max_pending = max_pending
+        self.forward = forward or (lambda utterance: None)
         self._in: queue.Queue = queue.Queue(maxsize=max_pending)
-        # Finished utterances wait here until polled; bounded by what was submitted, and never
-        # blocking the worker, so a submitter that is also the poller cannot deadlock.
-        self._done: list[Utterance] = []
         self._cond = threading.Condition()
-        self.submitted = self.completed = self.blocked_submits = self.errors = 0
+        self.submitted = self.completed = self.blocked_submits = self.errors = self.loops_cut = 0
         self.last_error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="asr-worker", daemon=True)
-        self._thread.start()
+        self.thread = threading.Thread(target=self._run, name="mmer-asr", daemon=True)
+        self.thread.start()
 
     def submit(self, utterance: Utterance) -> None:
         """Queue ``utterance`` for transcription (blocks only if ``max_pending`` are waiting)."""
         if self._closed:
             raise RuntimeError("AsrWorker.submit() after close()")
-        self.submitted += 1
         item = (utterance, time.perf_counter())
         try:
             self._in.put_nowait(item)
         except queue.Full:
             self.blocked_submits += 1
             self._in.put(item)
+        with self._cond:
+            self.submitted += 1
 
     def _run(self) -> None:
         while (item := self._in.get()) is not _STOP:
@@ -395,7 +399,12 @@ class AsrWorker:
             try:
                 transcript = self.asr.transcribe(utterance.audio)
                 if transcript.text is not None:
-                    utterance.text = transcript.text
+                    text = cut_repetition(transcript.text)
+                    if text != transcript.text:
+                        self.loops_cut += 1
+                        log.warning("utterance %s: speech-to-text repeated itself (%d characters); cut to %r",
+                                    utterance.id, len(transcript.text), text[:80])
+                    utterance.text = text
                 if transcript.encoder_hidden is not None:
                     utterance.encoder_hidden = transcript.encoder_hidden
             except Exception as e:  # one bad utterance must not end transcription for the session
@@ -405,37 +414,87 @@ class AsrWorker:
             finished = time.perf_counter()
             utterance.timings_ms["asr_wait"] = (started - queued_at) * 1000
             utterance.timings_ms["asr"] = (finished - started) * 1000
+            try:
+                self.forward(utterance)
+            except Exception:  # the next stage's problem, logged; this worker goes on
+                log.exception("handing utterance %s on after speech-to-text failed", utterance.id)
             with self._cond:
-                self._done.append(utterance)
                 self.completed += 1
                 self._cond.notify_all()
 
     @property
     def pending(self) -> int:
-        """Utterances submitted but not yet transcribed."""
+        """Utterances submitted but not yet transcribed and handed on."""
         return self.submitted - self.completed
 
-    def poll(self) -> list[Utterance]:
-        """Utterances transcribed since the last poll, in submission order."""
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every submitted utterance is handed on (or ``timeout_s``); True if done."""
         with self._cond:
-            done, self._done = self._done, []
-        return done
-
-    def flush(self, timeout_s: float | None = None) -> list[Utterance]:
-        """Wait until every submitted utterance is transcribed (or ``timeout_s``), then poll."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.completed >= self.submitted, timeout_s)
-        return self.poll()
+            return self._cond.wait_for(lambda: self.completed >= self.submitted, timeout_s)
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Finish the queued utterances, then stop the thread (idempotent); poll() still works."""
+        """Finish the queued utterances, then stop the thread (idempotent)."""
         if not self._closed:
             self._closed = True
-            self._in.put(_STOP)
-        self._thread.join(timeout_s)
+            try:
+                self._in.put(_STOP, timeout=timeout_s)
+            except queue.Full:
+                log.warning("speech-to-text worker still busy after %s s; left to finish as a daemon", timeout_s)
+                return
+        self.thread.join(timeout_s)
 
     def __enter__(self) -> AsrWorker:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _said_twice(text: str) -> bool:
+    """True when ``text`` is one phrase of 2+ words said 2+ times over and nothing else: too
+    short for the compression rule, but the shared encoder's short-utterance loop (the padded
+    re-decode costs one more pass and is right when the person did repeat themselves)."""
+    words = [w for w in ("".join(ch for ch in w.lower() if ch.isalnum()) for w in text.split()) if w]
+    for size in range(2, len(words) // 2 + 1):
+        if len(words) % size == 0 and words == words[:size] * (len(words) // size):
+            return True
+    return False
+
+
+REPEAT_MIN_COPIES = 4       # a phrase said this many times in a row is a decoder loop, not speech
+REPEAT_MAX_PHRASE_WORDS = 8  # the longest looping phrase looked for
+REPEAT_KEEP_COPIES = 1       # copies of the phrase kept when a loop is cut
+
+
+def cut_repetition(text: str) -> str:
+    """``text`` with a decoder repetition loop cut: where a phrase of 1-8 words repeats 4 or
+    more times in a row ("the trains, the trains, the trains, ..."), one copy is kept.
+
+    People do repeat themselves ("no, no, no"), but rarely four times in a row; Whisper's
+    loops run to the token cap. Comparison ignores case and punctuation.
+    """
+    words = text.split()
+    if len(words) < REPEAT_MIN_COPIES:
+        return text
+    norm = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in words]
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        step = 0
+        for size in range(1, REPEAT_MAX_PHRASE_WORDS + 1):
+            phrase = norm[i:i + size]
+            if len(phrase) < size:
+                break
+            copies = 1
+            while norm[i + copies * size:i + (copies + 1) * size] == phrase:
+                copies += 1
+            if copies >= REPEAT_MIN_COPIES and any(phrase):
+                out += words[i:i + size * REPEAT_KEEP_COPIES]
+                step = copies * size
+                break
+        if step:
+            i += step
+        else:
+            out.append(words[i])
+            i += 1
+    return " ".join(out)

@@ -12,27 +12,29 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import logging
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
-
-from mmer.config import ConfigError
-from mmer.runtime import RuntimeUnavailable
+from mmer.config import ConfigError, check_ranges
+from mmer.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MmerError, UsageError, setup_logging
 from mmer.realtime.config import LiveConfig, load_live_config
 
-EXIT_USAGE = 2        # bad arguments, missing device, file or model: nothing ran
+log = logging.getLogger(__name__)
+
 MODEL_FLAGS = ("text", "voice", "face", "fusion")
 NONE_WORDS = ("none", "off", "null")
 AUDIO_ONLY_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C; what systemctl stop and docker stop send
 PROG = "mmer-live"
 
 
-def _err(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr)
+def _err(message: str, prog: str = PROG) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +68,8 @@ def build_live_parser() -> argparse.ArgumentParser:
         "prediction per utterance out (stdout, --json FILE, --ws PORT, --show).",
         epilog="No camera or microphone here? Try the shipped sample: mmer-live --demo")
     src = p.add_argument_group("input")
-    src.add_argument("--camera", type=int, metavar="INDEX", help="camera index (default 0)")
+    src.add_argument("--camera", metavar="INDEX|PATH|URL", help="camera: an index (default 0), a device path "
+                     "(/dev/video2), or a URL / GStreamer pipeline OpenCV can open")
     src.add_argument("--no-camera", action="store_true", help="audio only: no camera, no face modality")
     src.add_argument("--mic", metavar="DEVICE", help="microphone: sounddevice index or name (default: system default)")
     src.add_argument("--input", metavar="FILE", help="replay a wav/mp4 recording instead of the devices")
@@ -80,7 +83,12 @@ def build_live_parser() -> argparse.ArgumentParser:
     add_common_options(p)
     out = p.add_argument_group("outputs")
     out.add_argument("--ws", type=int, metavar="PORT", help="serve predictions on ws://127.0.0.1:PORT and accept "
-                     "host messages (turn / text / reset)")
+                     "host messages (turn / text / reset); 0 picks a free port")
+    out.add_argument("--ws-origin", action="append", metavar="ORIGIN", default=None,
+                     help="a web page allowed to connect (e.g. http://localhost:3000; repeatable). Native "
+                     "clients (no Origin header) and mmer's own page are always allowed, other sites refused")
+    out.add_argument("--ws-token", metavar="SECRET", help="clients must present SECRET (?token=SECRET or "
+                     "Authorization: Bearer SECRET)")
     out.add_argument("--show", action="store_true", help="OpenCV window: face box, label, probability bars")
     return p
 
@@ -91,7 +99,7 @@ def resolve_config(args: argparse.Namespace) -> LiveConfig:
     rep = dataclasses.replace
     sources, models, asr, outputs = cfg.sources, cfg.models, cfg.asr, cfg.outputs
     if getattr(args, "camera", None) is not None:
-        sources = rep(sources, camera=args.camera)
+        sources = rep(sources, camera=int(args.camera) if args.camera.isdigit() else args.camera)
     if getattr(args, "no_camera", False):
         sources = rep(sources, camera=None)
     if getattr(args, "mic", None) is not None:
@@ -122,31 +130,50 @@ def resolve_config(args: argparse.Namespace) -> LiveConfig:
         outputs = rep(outputs, json=args.json)
     if getattr(args, "ws", None) is not None:
         outputs = rep(outputs, ws_port=args.ws)
+    if getattr(args, "ws_origin", None):
+        outputs = rep(outputs, ws_origins=tuple(outputs.ws_origins) + tuple(args.ws_origin))
+    if getattr(args, "ws_token", None):
+        outputs = rep(outputs, ws_token=args.ws_token)
     if getattr(args, "show", False):
         outputs = rep(outputs, show=True)
-    return rep(cfg, sources=sources, models=models, asr=asr, outputs=outputs)
+    cfg = rep(cfg, sources=sources, models=models, asr=asr, outputs=outputs)
+    check_ranges(cfg, "the command line")  # the flags' values range-checked like the file's
+    return cfg
 
 
-def open_sources(cfg: LiveConfig) -> tuple[Any, Any]:
-    """Open (and so check) the input: a FileSource, or microphone + camera; raises on failure."""
+def open_sources(cfg: LiveConfig, clock_origin_s: float | None = None) -> tuple[Any, Any]:
+    """Open (and so check) the input: a FileSource, or microphone + camera; raises on failure.
+
+    With ``sources.reconnect``, each device is wrapped to reopen itself when lost
+    (:class:`mmer.realtime.reading.ReconnectingSource`), on one stream clock.
+    """
+    from mmer.realtime.reading import ReconnectingSource
     from mmer.realtime.sources import CameraSource, FileSource, MicrophoneSource
 
     s = cfg.sources
     if s.input:
         return FileSource(s.input, realtime=s.realtime, block_ms=s.audio_block_ms,
                           include_video=s.camera is not None and cfg.models.face is not None).open(), None
-    origin = time.perf_counter()  # one clock for both devices
-    cam = None
-    if s.camera is not None and cfg.models.face is not None:  # the camera first: the device most often missing
-        cam = CameraSource(s.camera, s.camera_width_px, s.camera_height_px, s.camera_fps,
-                           clock_origin_s=origin).open()
+    origin = time.perf_counter() if clock_origin_s is None else clock_origin_s  # one clock for both devices
+
+    def camera() -> Any:
+        return CameraSource(s.camera, s.camera_width_px, s.camera_height_px, s.camera_fps,
+                            clock_origin_s=origin).open()
+
+    def mic() -> Any:
+        return MicrophoneSource(_device(s.mic), block_ms=s.audio_block_ms, clock_origin_s=origin).open()
+
+    if s.reconnect:
+        camera_opener, mic_opener = camera, mic
+        camera = lambda: ReconnectingSource(camera_opener, s.reconnect_attempts, s.reconnect_wait_s)  # noqa: E731
+        mic = lambda: ReconnectingSource(mic_opener, s.reconnect_attempts, s.reconnect_wait_s)  # noqa: E731
+    cam = camera() if s.camera is not None and cfg.models.face is not None else None  # the device most often missing
     try:
-        mic = MicrophoneSource(_device(s.mic), block_ms=s.audio_block_ms, clock_origin_s=origin).open()
-    except Exception:
+        return mic(), cam
+    except BaseException:
         if cam is not None:
             cam.close()
         raise
-    return mic, cam
 
 
 def _device(value: str | None) -> int | str | None:
@@ -158,65 +185,100 @@ def describe(pipeline: Any, cfg: LiveConfig) -> list[str]:
     from mmer.realtime.predictor import model_summary
 
     pred = pipeline.predictor
-    sources = getattr(pred, "sources", {})
-    active = pred.modalities
+    sources = pred.sources
+    active = [m for m in pred.modalities if m != "visual" or pipeline.face_path is not None]
     lines = [f"modalities: {', '.join(active) or 'none'}; fusion: {pred.fusion_name}"]
     if pred.text is not None:
         lines.append("  text:   " + model_summary(pred.text, sources.get("text")))
     if pred.voice is not None:
         lines.append("  voice:  " + model_summary(pred.voice, sources.get("voice")))
     if pipeline.face_path is not None:
-        face = pipeline.face_path.face_model
-        lines.append("  face:   " + model_summary(getattr(face, "model", face), sources.get("face"))
+        lines.append("  face:   " + model_summary(pipeline.face_path.face_model.model, sources.get("face"))
                      + f", Haar detector, <= {cfg.face.max_fps:g} fps")
     fusion = pred.asf if pred.asf is not None else pred.late_fusion
     lines.append("  fusion: " + model_summary(fusion, sources.get("fusion") or "built-in late fusion"))
     asr = pipeline.asr
-    lines.append(f"speech-to-text: {asr.name}" + (f" ({getattr(asr, 'model_dir', '')})" if asr.name != "none" else
-                                                 " (text from the host, if any)"))
+    lines.append(f"speech-to-text: {asr.name}" + (f" ({asr.model_dir}, {cfg.asr.device})" if asr.name != "none"
+                                                 else " (text from the host, if any)"))
     out = cfg.outputs
     outs = [f"json -> {'stdout' if out.json == '-' else out.json}"] if out.json else []
     if pipeline.websocket is not None:
-        outs.append(f"websocket ws://{out.ws_host}:{pipeline.websocket.port}")
-    if out.show:
+        guard = "token required" if out.ws_token else "no token"
+        outs.append(f"websocket ws://{out.ws_host}:{pipeline.websocket.port} ({guard}; origins: native, own page"
+                    + "".join(f", {o}" for o in out.ws_origins) + ")")
+    if pipeline.overlay is not None:
         outs.append("overlay" if pipeline.overlay.enabled else f"overlay off: {pipeline.overlay.reason}")
     lines.append("outputs: " + (", ".join(outs) or "none"))
     return lines
 
 
-def _install_sigint(pipeline: Any) -> Any:
-    """First Ctrl-C: stop reading, flush, exit 0. Second: abort at once."""
-    def handler(signum, frame):
+@contextmanager
+def stop_on_signals(pipeline: Any, prog: str, stopped: list | None = None) -> Iterator[None]:
+    """Ctrl-C or SIGTERM once: ``pipeline.stop()`` (the run flushes and returns); twice: abort
+    (KeyboardInterrupt). Each signal is appended to ``stopped``. Outside the main thread
+    (embedded) signals are left alone."""
+    def handler(signum: int, frame: Any) -> None:
+        if stopped is not None:
+            stopped.append(signal.Signals(signum).name)
         if pipeline.stopping:
             raise KeyboardInterrupt
-        print(f"\n{PROG}: stopping (Ctrl-C again to abort)", file=sys.stderr)
+        print(f"\n{prog}: {signal.Signals(signum).name}: stopping after the current utterance "
+              "(again to abort)", file=sys.stderr)
         pipeline.stop()
 
+    previous = {}
     try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (embedded): leave signals alone
-        return None
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def check_ws_port(cfg: LiveConfig) -> None:
+    """A websocket port that cannot be used fails now, before devices or models (PortError)."""
+    if cfg.outputs.ws_port is not None:
+        from mmer.realtime.websocket import check_port
+
+        check_port(cfg.outputs.ws_port, cfg.outputs.ws_host)
 
 
 def live_main(argv: list[str] | None = None) -> int:
-    """``mmer-live``; returns the process exit code."""
-    from mmer.extras import MissingExtra
-    from mmer.realtime.make_sample import feed_transcript, sample_path
-    from mmer.realtime.sources import DeviceError, SourceError, list_devices
-
+    """``mmer-live``; returns the process exit code (mmer.errors)."""
+    setup_logging(PROG)
     args = build_live_parser().parse_args(argv)
+    try:
+        return _live(args)
+    except MmerError as e:
+        _err(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("aborted")
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: say so with the traceback, and exit 1
+        log.exception("unexpected error")
+        return EXIT_FAILED
+
+
+def _live(args: argparse.Namespace) -> int:
+    from mmer.extras import MissingExtra
+    from mmer.realtime.build import build_pipeline, open_websocket
+    from mmer.realtime.make_sample import feed_transcript, sample_path
+    from mmer.realtime.sources import DeviceError, list_devices
+
     if args.list_devices:
         print(list_devices())
-        return 0
+        return EXIT_OK
     if args.demo:
         args.input = args.input or str(sample_path())
-    try:
-        cfg = resolve_config(args)
-    except ConfigError as e:
-        _err(str(e))
-        return EXIT_USAGE
+    cfg = resolve_config(args)
+    check_ws_port(cfg)
     demo_transcript = Path(cfg.sources.input).with_suffix(".json") if args.demo else None
-    if cfg.sources.input and Path(cfg.sources.input).suffix.lower() in AUDIO_ONLY_SUFFIXES:
+    if cfg.sources.input and not _has_pictures(Path(cfg.sources.input)):
         cfg = dataclasses.replace(cfg, sources=dataclasses.replace(cfg.sources, camera=None))
     # 1. Devices first: a missing camera must not cost a model load to find out.
     try:
@@ -228,201 +290,241 @@ def live_main(argv: list[str] | None = None) -> int:
         _err("no devices here? replay the shipped sample: mmer-live --demo "
              f"(= mmer-live --input {sample_path()})")
         return EXIT_USAGE
-    except SourceError as e:
-        _err(str(e))
-        return EXIT_USAGE
-    devices = not cfg.sources.input
-    if devices:  # checked; reopened once the models are loaded, so nothing overflows meanwhile
-        for opened in (source, camera):
-            if opened is not None:
-                opened.close()
-    # 2. Models.
+    _close(source, camera)  # checked; reopened once the models are loaded, so nothing overflows meanwhile
+    source = camera = None
+    # 2. The port, then the models.
     if cfg.asr.backend == "none" and cfg.outputs.ws_port is None and demo_transcript is None:
         cfg = dataclasses.replace(cfg, asr=dataclasses.replace(cfg.asr, text_wait_s=0.0))
+    websocket = open_websocket(cfg)
     try:
-        # A replay faster than real time must not drop camera frames: the face path waits instead.
-        fast_replay = bool(cfg.sources.input) and not cfg.sources.realtime
-        pipeline = _build_pipeline(cfg, demo_transcript, block_frames=fast_replay)
-    except KeyError as e:                # an unknown runtime name in the config, with the closest one
-        source.close()
-        _err(f"could not load the models: {e.args[0]}")
-        return EXIT_USAGE
-    except (FileNotFoundError, ValueError, MissingExtra, OSError, RuntimeUnavailable) as e:
-        source.close()
-        _err(f"could not load the models: {e}")
-        return EXIT_USAGE
+        pipeline = build_pipeline(cfg, asr=_demo_asr(cfg, demo_transcript), websocket=websocket)
+    except (FileNotFoundError, ValueError, OSError, KeyError) as e:  # a model folder or name that is wrong
+        if websocket is not None:
+            websocket.close()
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise UsageError(f"could not load the models: {message}") from e
     if demo_transcript is not None and pipeline.asr.name == "none" and demo_transcript.is_file():
         feed_transcript(pipeline, demo_transcript)
     for line in describe(pipeline, cfg):
-        print(f"{PROG}: {line}", file=sys.stderr)
+        _err(line)
     # 3. Run.
-    previous = _install_sigint(pipeline)
-    code = 0
+    code = EXIT_OK
+    abort = False
     try:
-        pipeline.warmup()
-        if devices:
+        with stop_on_signals(pipeline, PROG):
+            pipeline.warmup()
             source, camera = open_sources(cfg)
-        reopen = (lambda: open_sources(cfg)) if cfg.sources.reconnect and devices else None
-        code = pipeline.run(source, camera, reopen)
-    except DeviceError as e:
-        _err(str(e))
-        code = EXIT_USAGE
+            code = pipeline.run(source, camera)
+    except KeyboardInterrupt:
+        abort = True
+        code = EXIT_INTERRUPTED
     finally:
-        pipeline.close()
-        for opened in (source, camera):
-            if opened is not None:
-                opened.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        print(pipeline.stats_line(), file=sys.stderr)
+        pipeline.close(abort=abort, timeout_s=2.0 if abort else 10.0)
+        _close(source, camera)
+        print(f"{PROG} {pipeline.stats_line()}", file=sys.stderr)
     return code
 
 
-def _build_pipeline(cfg: LiveConfig, demo_transcript: Path | None, **kwargs: Any) -> Any:
-    """A LivePipeline; a demo without an installed ASR model falls back to the transcript."""
+def _has_pictures(path: Path) -> bool:
+    """Whether a recording has a video stream (a wav, or an mp4 of audio only, has none)."""
+    if path.suffix.lower() in AUDIO_ONLY_SUFFIXES:
+        return False
+    from mmer.media import probe
+
+    return probe(path).video is not None
+
+
+def _close(*sources: Any) -> None:
+    for src in sources:
+        if src is not None:
+            src.close()
+
+
+def _demo_asr(cfg: LiveConfig, demo_transcript: Path | None) -> Any:
+    """None (build it from the config), or for a demo without an installed ASR model: no ASR,
+    so the demo reads the sample's transcript."""
     from mmer.extras import MissingExtra
     from mmer.realtime.asr import make_asr
-    from mmer.realtime.pipeline import LivePipeline
 
-    asr = None
-    if demo_transcript is not None and cfg.asr.backend != "none":
-        try:
-            asr = make_asr(cfg.asr.backend, cfg.asr.model_dir)
-        except (MissingExtra, FileNotFoundError) as e:
-            _err(f"speech-to-text unavailable ({e}); the demo reads the sample's transcript instead")
-            asr = make_asr("none")
-    return LivePipeline(cfg, asr=asr, **kwargs)
+    if demo_transcript is None or cfg.asr.backend == "none":
+        return None
+    try:
+        return make_asr(cfg.asr.backend, cfg.asr.model_dir, device=cfg.asr.device, language=cfg.asr.language)
+    except (MissingExtra, FileNotFoundError) as e:
+        _err(f"speech-to-text unavailable ({e}); the demo reads the sample's transcript instead")
+        return make_asr("none")
 
 
 # -- mmer-predict ---------------------------------------------------------------------------------
-MELD_COLUMNS = ("Utterance", "Speaker", "Dialogue_ID", "Utterance_ID")
+PREDICT_PROG = "mmer-predict"
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mmer-predict", description="Run the live pipeline on recorded wav/mp4 files as fast as possible "
-        "(one JSON object per utterance), or the text model over the dialogues of a transcript CSV in MELD's "
-        "columns (Utterance, Speaker, Dialogue_ID, Utterance_ID).")
-    p.add_argument("files", nargs="+", metavar="FILE", help="wav/mp4 recordings, or one .csv transcript")
+        prog=PREDICT_PROG, description="Run the live pipeline on recorded wav/mp4 files as fast as possible "
+        "(one JSON object per utterance, written as each file finishes), or the text model over the dialogues of "
+        "a transcript CSV in MELD's columns (Utterance, Speaker, Dialogue_ID, Utterance_ID). A file that cannot "
+        "be read is reported and skipped; the others' results are kept. Exit codes: 0 all done, 2 some file "
+        "failed, 130 stopped by Ctrl-C or SIGTERM (finished files kept).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="wav/mp4 recordings, or .csv transcripts")
     add_common_options(p)
     p.add_argument("--csv", metavar="OUT", help="write a CSV table instead of JSON lines")
     return p
 
 
-def _parse_time_s(text: str) -> float:
-    """MELD's 'hh:mm:ss,mmm' -> seconds (0.0 when empty)."""
-    if not text:
-        return 0.0
-    hms, _, ms = text.replace(".", ",").partition(",")
-    h, m, s = (int(x) for x in hms.split(":"))
-    return h * 3600 + m * 60 + s + (int(ms) / 1000 if ms else 0.0)
+def predict_transcript(path: Path, cfg: LiveConfig, predictor: Any) -> Iterator[Any]:
+    """Text-only predictions over every dialogue of a MELD-style CSV, each turn in its context:
+    yields (dialogue id, Prediction) as each is made."""
+    import numpy as np
 
-
-def predict_transcript(path: Path, cfg: LiveConfig) -> list[dict]:
-    """Text-only predictions over every dialogue of a MELD-style CSV, each turn in its context."""
     from mmer.dialogue import Turn
+    from mmer.meld import read_meld_csv
     from mmer.realtime.frames import Utterance
-    from mmer.realtime.predictor import Predictor, serve_model
 
-    if not cfg.models.text:
-        raise ValueError("a transcript CSV needs a text model (--text-model)")
-    predictor = Predictor(text_model=serve_model("text", cfg.models.text, cfg.models))
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = [c for c in MELD_COLUMNS if rows and c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}; expected MELD's {list(MELD_COLUMNS)}")
-    dialogues: dict[str, list[dict]] = {}
-    for row in rows:
-        dialogues.setdefault(row["Dialogue_ID"], []).append(row)
-    out = []
-    for dia_id, dia in dialogues.items():
-        dia.sort(key=lambda r: int(r["Utterance_ID"]))
+    for dialogue in read_meld_csv(path):
         turns: list[Turn] = []
-        for row in dia:
-            turns = (turns + [Turn(row["Speaker"], row["Utterance"])])[-cfg.context.max_turns:]
-            utt = Utterance(int(row["Utterance_ID"]), _parse_time_s(row.get("StartTime", "")),
-                            _parse_time_s(row.get("EndTime", "")), audio=np.zeros(0, np.float32),
-                            speaker=row["Speaker"], text=row["Utterance"])
-            pred = predictor.predict(utt, turns).to_dict()
-            pred["latency_ms"] = {k: round(v, 3) for k, v in utt.timings_ms.items()}
-            out.append({"file": str(path), "dialogue_id": dia_id, **pred})
-    return out
+        for row in dialogue.rows:
+            turns = (turns + [Turn(row.speaker, row.text)])[-cfg.context.max_turns:]
+            utt = Utterance(row.utterance_id, row.start_s or 0.0, row.end_s or 0.0, audio=np.zeros(0, np.float32),
+                            speaker=row.speaker, text=row.text)
+            pred = predictor.predict(utt, turns)
+            pred.latency_ms = dict(utt.timings_ms)
+            yield str(dialogue.dialogue_id), pred
 
 
-def write_csv(predictions: list[dict], path: str) -> None:
-    """One row per prediction: ids, times, speaker, text, label, scores, one column per class."""
-    from mmer.labels import get_label_set
+class CsvSink:
+    """mmer-predict --csv: one row per prediction, written (and flushed) as it comes."""
 
-    labels = get_label_set("meld7").labels
-    head = ["file", "dialogue_id", "utterance_id", "start_s", "end_s", "speaker", "text", "label", "expression",
-            "confidence", "valence", "arousal", "modalities"] + [f"p_{lab}" for lab in labels]
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(head)
-        for p in predictions:
-            w.writerow([p.get("file", ""), p.get("dialogue_id", ""), p["utterance_id"], p["start_s"], p["end_s"],
-                        p["speaker"], p["text"] or "", p["label"], p["expression"], p["confidence"], p["valence"],
-                        p["arousal"], "+".join(p["modalities"])] + [p["probs"][lab] for lab in labels])
+    events = False
+    name = "csv"
+    HEAD = ["file", "dialogue_id", "utterance_id", "start_s", "end_s", "speaker", "text", "label", "expression",
+            "confidence", "valence", "arousal", "modalities"]
+
+    def __init__(self, path: str) -> None:
+        from mmer.labels import get_label_set
+
+        self.labels = get_label_set("meld7").labels
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "w", encoding="utf-8", newline="")
+        self._w = csv.writer(self._f)
+        self._w.writerow(self.HEAD + [f"p_{lab}" for lab in self.labels])
+        self.extra: dict = {}
+
+    def emit(self, prediction: Any) -> None:
+        p = prediction.to_dict()
+        self._w.writerow([self.extra.get("file", ""), self.extra.get("dialogue_id", ""), p["utterance_id"],
+                          p["start_s"], p["end_s"], p["speaker"], p["text"] or "", p["label"], p["expression"],
+                          p["confidence"], p["valence"], p["arousal"], "+".join(p["modalities"])]
+                         + [p["probs"][lab] for lab in self.labels])
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def predict_main(argv: list[str] | None = None) -> int:
-    """``mmer-predict``; returns the process exit code."""
-    from mmer.extras import MissingExtra
-    from mmer.realtime.sinks import JsonLinesSink
-    from mmer.realtime.sources import FileSource, SourceError
-
+    """``mmer-predict``; returns the process exit code (mmer.errors)."""
+    setup_logging(PREDICT_PROG)
     args = build_predict_parser().parse_intermixed_args(argv)
     # Both positionals are variadic, so argparse gives them all to FILE: split off KEY=VALUE.
     args.overrides = [f for f in args.files if "=" in f and not Path(f).exists()]
     args.files = [f for f in args.files if f not in args.overrides]
     try:
-        cfg = resolve_config(args)
-    except ConfigError as e:
-        print(f"mmer-predict: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    json_target = cfg.outputs.json if cfg.outputs.json is not None else "-"
-    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, show=False),
-                              asr=dataclasses.replace(cfg.asr, text_wait_s=0.0))
+        return _predict(args)
+    except MmerError as e:
+        _err(str(e), PREDICT_PROG)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("aborted; the files finished before are written", PREDICT_PROG)
+        return EXIT_INTERRUPTED
+    except Exception:
+        log.exception("unexpected error")
+        return EXIT_FAILED
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mmer.realtime.build import build_pipeline
+    from mmer.realtime.predictor import Predictor, serve_model
+    from mmer.realtime.sinks import JsonLinesSink
+    from mmer.realtime.sources import FileSource
+
+    cfg = resolve_config(args)
     files = [Path(f) for f in args.files]
     if not files:
-        print("mmer-predict: no input file given", file=sys.stderr)
-        return EXIT_USAGE
-    for f in files:
-        if not f.is_file():
-            print(f"mmer-predict: {f}: file not found", file=sys.stderr)
-            return EXIT_USAGE
-    results: list[dict] = []
+        raise UsageError("no input file given")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UsageError(f"file not found: {', '.join(missing)}")
+    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, show=False),
+                              asr=dataclasses.replace(cfg.asr, text_wait_s=0.0))
+    sink = CsvSink(args.csv) if args.csv else JsonLinesSink(args.json or "-")
+    counted = {"predictions": 0, "files_done": 0, "files_failed": 0}
+    stopped: list[str] = []
+    media = [f for f in files if f.suffix.lower() != ".csv"]
+    pipeline = None
     try:
-        csvs = [f for f in files if f.suffix.lower() == ".csv"]
-        for f in csvs:
-            results += predict_transcript(f, cfg)
-        media = [f for f in files if f not in csvs]
         if media:
-            pipeline = _build_pipeline(cfg, None, block_frames=True)
-            current: dict = {}
-            pipeline.on_prediction(lambda p: results.append({"file": current["file"], **p}))
-            try:
-                for f in media:
-                    current["file"] = str(f)
-                    source = FileSource(f, realtime=False, block_ms=cfg.sources.audio_block_ms,
-                                        include_video=pipeline.face_path is not None).open()
-                    try:
-                        pipeline.run(source)
-                    finally:
-                        source.close()
-                    pipeline.reset()
-            finally:
-                pipeline.close()
-    except (SourceError, FileNotFoundError, ValueError, MissingExtra, OSError) as e:
-        print(f"mmer-predict: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.csv:
-        write_csv(results, args.csv)
-    else:
-        sink = JsonLinesSink(json_target)
-        for p in results:
-            sink.emit(p)
-        sink.close()
-    print(f"mmer-predict: {len(results)} predictions from {len(files)} file(s)", file=sys.stderr)
-    return 0
+            with_face = any(_may_have_pictures(f) for f in media)
+            if not with_face:
+                cfg = dataclasses.replace(cfg, sources=dataclasses.replace(cfg.sources, camera=None))
+            pipeline = build_pipeline(cfg)
+            pipeline.outputs.add(sink)
+        text_predictor = None
+        with stop_on_signals(pipeline, PREDICT_PROG, stopped) if pipeline is not None else _nothing():
+            for f in files:
+                if stopped:
+                    break
+                sink.extra = {"file": str(f)}
+                before = pipeline.stats["predictions"] if pipeline is not None else 0
+                try:
+                    if f.suffix.lower() == ".csv":
+                        if not cfg.models.text:
+                            raise UsageError("a transcript CSV needs a text model (--text-model)")
+                        text_predictor = text_predictor or Predictor(
+                            text_model=serve_model("text", cfg.models.text, cfg.models))
+                        for dia_id, pred in predict_transcript(f, cfg, text_predictor):
+                            sink.extra = {"file": str(f), "dialogue_id": dia_id}
+                            sink.emit(pred)
+                            counted["predictions"] += 1
+                    else:
+                        source = FileSource(f, realtime=False, block_ms=cfg.sources.audio_block_ms,
+                                            include_video=pipeline.face_path is not None).open()
+                        try:
+                            pipeline.run(source)
+                        finally:
+                            source.close()
+                            pipeline.reset()
+                        counted["predictions"] += pipeline.stats["predictions"] - before
+                        if stopped:
+                            _err(f"{f}: stopped part way; its utterances so far are written", PREDICT_PROG)
+                            break
+                    counted["files_done"] += 1
+                except (MmerError, OSError, ValueError) as e:
+                    counted["files_failed"] += 1
+                    if pipeline is not None:
+                        counted["predictions"] += pipeline.stats["predictions"] - before
+                    _err(f"{f}: {e}; skipped", PREDICT_PROG)
+    finally:
+        if pipeline is not None:
+            pipeline.close(timeout_s=5.0)
+        else:
+            sink.close()
+    _err(f"{counted['predictions']} predictions from {counted['files_done']} of {len(files)} file(s)"
+         + (f"; {counted['files_failed']} failed" if counted["files_failed"] else "")
+         + (f"; stopped by {stopped[0]}" if stopped else ""), PREDICT_PROG)
+    if stopped:
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE if counted["files_failed"] else EXIT_OK
+
+
+def _may_have_pictures(path: Path) -> bool:
+    """Whether to load the face model for ``path``; a file that cannot be probed says so later."""
+    try:
+        return _has_pictures(path)
+    except (MmerError, OSError):
+        return False
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

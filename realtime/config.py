@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mmer.config import load_config
+from mmer.config import bounded, load_config
 from mmer.realtime.vad import SegmenterConfig
 
 
@@ -37,17 +37,17 @@ class SourceConfig:
     ``reconnect_wait_s`` apart, instead of exiting.
     """
 
-    camera: int | str | None = 0
+    camera: int | str | None = bounded(0, ge=0, le=255)   # an index; device paths and URLs are strings
     mic: str | None = None
     input: str | None = None
     realtime: bool = True
-    camera_width_px: int = 640
-    camera_height_px: int = 480
-    camera_fps: int = 30
-    audio_block_ms: int = 30
+    camera_width_px: int = bounded(640, ge=16, le=7680)
+    camera_height_px: int = bounded(480, ge=16, le=4320)
+    camera_fps: int = bounded(30, ge=1, le=240)
+    audio_block_ms: int = bounded(30, ge=10, le=1000)
     reconnect: bool = False
-    reconnect_attempts: int = 3
-    reconnect_wait_s: float = 2.0
+    reconnect_attempts: int = bounded(3, ge=0, le=100)
+    reconnect_wait_s: float = bounded(2.0, ge=0, le=600)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class AsrConfig:
 
     backend: Literal["shared-encoder", "faster-whisper", "hf-whisper", "none"] = "shared-encoder"
     model_dir: str | None = None
-    text_wait_s: float = 2.0
+    text_wait_s: float = bounded(2.0, ge=0, le=60)
     device: str = "cpu"
     language: str | None = "en"
 
@@ -87,7 +87,7 @@ class ModelsConfig:
     face: str | None = "default-face"
     fusion: str | None = None
     device: str = "cpu"
-    torch_threads: int = 0
+    torch_threads: int = bounded(0, ge=0, le=256)
     runtime: str = "auto"
     text_runtime: str = "auto"
     voice_runtime: str = "auto"
@@ -95,7 +95,7 @@ class ModelsConfig:
     text_precision: Literal["fp32", "fp16", "int8", "int8-static"] = "int8"
     voice_precision: Literal["fp32", "fp16", "int8", "int8-static"] = "int8"
     face_precision: Literal["fp32", "fp16", "int8", "int8-static"] = "fp32"
-    ort_threads: int = 1
+    ort_threads: int = bounded(1, ge=0, le=256)
     parallel: bool = True
 
 
@@ -104,20 +104,20 @@ class FacePathConfig:
     """The camera path: frame-rate cap, history kept, which face to follow, and how long a
     prediction waits for the path to finish the frames of its utterance."""
 
-    max_fps: float = 15.0
-    history_s: float = 30.0
+    max_fps: float = bounded(15.0, gt=0, le=120)
+    history_s: float = bounded(30.0, gt=0, le=3600)
     track: Literal["largest", "follow"] = "follow"
-    wait_ms: float = 100.0
-    torch_threads: int = 1
-    nice: int = 10
+    wait_ms: float = bounded(100.0, ge=0, le=5000)
+    torch_threads: int = bounded(1, ge=0, le=256)
+    nice: int = bounded(10, ge=0, le=19)   # Linux niceness steps; lowering it needs root
 
 
 @dataclass(frozen=True)
 class ContextConfig:
     """The rolling dialogue window the text model reads."""
 
-    max_turns: int = 20
-    max_tokens: int = 512
+    max_turns: int = bounded(20, ge=1, le=1000)
+    max_tokens: int = bounded(512, ge=16, le=8192)
     user_speaker: str = "user"
     host_speaker: str = "robot"
 
@@ -134,13 +134,13 @@ class OutputConfig:
     ``ws_max_messages_per_s`` cap connections and what each client may send."""
 
     json: str | None = "-"
-    ws_port: int | None = None
+    ws_port: int | None = bounded(None, ge=0, le=65535)
     ws_host: str = "127.0.0.1"
     ws_origins: tuple[str, ...] = ()
     ws_token: str | None = None
-    ws_max_clients: int = 8
-    ws_max_message_bytes: int = 64 * 1024
-    ws_max_messages_per_s: float = 20.0
+    ws_max_clients: int = bounded(8, ge=1, le=1024)
+    ws_max_message_bytes: int = bounded(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    ws_max_messages_per_s: float = bounded(20.0, gt=0, le=10_000)
     show: bool = False
 
 
@@ -149,8 +149,8 @@ class QueueConfig:
     """Bounds of the pipeline's queues. Utterances are never dropped: when ``utterances`` are
     waiting, the audio loop blocks (and the source counts its own overflows)."""
 
-    utterances: int = 8
-    host_texts: int = 64
+    utterances: int = bounded(8, ge=1, le=1024)
+    host_texts: int = bounded(64, ge=1, le=4096)
 
 
 @dataclass(frozen=True)

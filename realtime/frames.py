@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000  # every audio frame inside the pipeline is 16 kHz mono
+from mmer.media import SAMPLE_RATE_HZ  # every audio frame inside the pipeline is 16 kHz mono
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,32 @@ class VadEvent:
 
     kind: str  # "start" | "end"
     time_s: float
+
+    def to_dict(self) -> dict:
+        return {"type": "vad", "kind": self.kind, "time_s": round(self.time_s, 3)}
+
+
+@dataclass(frozen=True)
+class UtteranceEnded:
+    """An utterance was cut and queued for its words and prediction: the moment a host with
+    its own speech-to-text supplies the text (``push_text``)."""
+
+    utterance_id: int
+    start_s: float
+    end_s: float
+
+    def to_dict(self) -> dict:
+        return {"type": "utterance", "utterance_id": self.utterance_id, "start_s": round(self.start_s, 3),
+                "end_s": round(self.end_s, 3)}
+
+
+@dataclass(frozen=True)
+class StreamGap:
+    """The input was interrupted at ``time_s`` (a device lost and reopened): the pending
+    utterance ends there, and the stream goes on from the reopened device's first block."""
+
+    time_s: float
+    reason: str
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000
+from mmer.media import SAMPLE_RATE_HZ
 FPS = 10                          # frames per second of the sample video: expression changes slower
 FRAME_SIZE_PX = (320, 240)        # (width, height): the face is ~70 px wide, above the detector's 48 px floor
 LEAD_S, GAP_S, TAIL_S = 0.8, 1.4, 1.2   # silence before the first turn, between turns, after the last
@@ -153,15 +153,17 @@ def sample_path() -> Path:
 def feed_transcript(pipeline: Any, transcript: Path) -> None:
     """With ASR "none": give each utterance the words (and speaker) of the transcript turn it
     overlaps most (the sample's conversation.json), as a host with its own ASR would."""
+    from mmer.realtime.frames import UtteranceEnded
+
     turns = json.loads(Path(transcript).read_text(encoding="utf-8"))["turns"]
 
-    def on_event(event: dict) -> None:
-        if event.get("type") != "utterance":
+    def on_event(event: Any) -> None:
+        if not isinstance(event, UtteranceEnded):
             return
-        overlap = [min(event["end_s"], t["end_s"]) - max(event["start_s"], t["start_s"]) for t in turns]
+        overlap = [min(event.end_s, t["end_s"]) - max(event.start_s, t["start_s"]) for t in turns]
         best = max(range(len(turns)), key=overlap.__getitem__)
         if overlap[best] > 0:
-            pipeline.push_text(event["utterance_id"], turns[best]["text"], turns[best]["speaker"])
+            pipeline.push_text(event.utterance_id, turns[best]["text"], turns[best]["speaker"])
 
     pipeline.on_event(on_event)
 

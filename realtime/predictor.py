@@ -302,6 +302,11 @@ class Predictor:
             return self._pool.submit(self._run_voice, utterance)
         return _Done(self._run_voice(utterance))
 
+    def warmup(self) -> None:
+        """Run every model once on one second of silence and "hello", so the first utterance is not slower."""
+        silence = np.zeros(SAMPLE_RATE_HZ, np.float32)
+        self.predict(Utterance(-1, 0.0, 1.0, silence, text="hello"), [Turn("user", "hello")])
+
     def close(self) -> None:
         """Stop the voice worker thread (parallel mode); idempotent."""
         if self._pool is not None:

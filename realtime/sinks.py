@@ -1,19 +1,23 @@
-"""Where predictions go: JSON lines, a local websocket, a Python callback, an OpenCV overlay.
+"""Where predictions go: JSON lines, a Python callback, an OpenCV overlay (the websocket is
+mmer.realtime.websocket, with its host protocol).
 
-Every sink takes the same message, a JSON-ready dict (``Prediction.to_dict()`` or a pipeline
-event), through ``emit(message)`` and is closed with ``close()``. None of them may block the
-prediction thread for long: the JSON writer flushes one line, the websocket server hands the
-message to its own event-loop thread, and each websocket client has a bounded queue whose
-oldest message is dropped (and counted) when that client reads too slowly.
+Every sink takes typed frames through ``emit(frame)``: a :class:`Prediction`, or a pipeline
+event (:class:`VadEvent`, :class:`UtteranceEnded`); only the JSON and websocket outputs
+serialise them (``frame.to_dict()``). :class:`Outputs` fans a frame out to every sink in
+turn, each isolated: a sink (a user's callback) that raises is logged with its name and
+counted in ``callback_errors``, and every other sink still gets the frame. None of them may
+block for long: the JSON writer flushes one line, the websocket hands the frame to its own
+event-loop thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -22,15 +26,15 @@ import numpy as np
 
 from mmer.extras import require
 
-LOCALHOST = "127.0.0.1"          # the websocket binds here unless told otherwise: no remote access
-CLIENT_QUEUE_MESSAGES = 64       # per websocket client; the oldest message is dropped beyond this
-SERVER_START_TIMEOUT_S = 5.0     # how long start() waits for the socket to be bound
-SERVER_STOP_TIMEOUT_S = 5.0      # how long close() waits for the event-loop thread to end
-MAX_INCOMING_BYTES = 64 * 1024   # a host message (a turn, a text) is small; refuse anything larger
+log = logging.getLogger(__name__)
 
 
-def to_json_line(message: dict) -> str:
-    """One compact JSON object without a newline (numpy scalars converted)."""
+
+def to_json_line(message: Any) -> str:
+    """One compact JSON object without a newline: a dict, or a frame with ``to_dict()``
+    (numpy scalars converted)."""
+    if not isinstance(message, dict):
+        message = message.to_dict()
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
@@ -45,9 +49,14 @@ def _json_default(value: Any) -> Any:
 
 
 class JsonLinesSink:
-    """Writes each message as one JSON line to stdout (``"-"``), a file path, or a text stream."""
+    """Writes each frame as one JSON line to stdout (``"-"``), a file path, or a text stream.
 
-    def __init__(self, target: str | Path | TextIO = "-") -> None:
+    ``extra``: fields put first in every line (mmer-predict adds ``{"file": ...}``).
+    """
+
+    events = False   # predictions only: segmentation events go to the websocket and on_event
+
+    def __init__(self, target: str | Path | TextIO = "-", extra: dict | None = None) -> None:
         if isinstance(target, (str, Path)):
             if str(target) == "-":
                 self._stream, self._owned = sys.stdout, False
@@ -57,10 +66,13 @@ class JsonLinesSink:
         else:
             self._stream, self._owned = target, False
         self._lock = threading.Lock()
+        self.extra = dict(extra or {})
         self.written = 0
 
-    def emit(self, message: dict) -> None:
-        line = to_json_line(message)
+    def emit(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            message = message.to_dict()
+        line = to_json_line({**self.extra, **message} if self.extra else message)
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()  # a reader tailing the file sees each prediction at once
@@ -73,179 +85,67 @@ class JsonLinesSink:
 
 
 class CallbackSink:
-    """Calls ``fn(message)`` in the prediction thread; keep it quick."""
+    """Calls ``fn(frame)`` with each typed frame, in the thread that emits it; keep it quick.
 
-    def __init__(self, fn: Callable[[dict], Any]) -> None:
-        self.fn = fn
+    ``events``: True for an ``on_event`` callback (segmentation events), False for an
+    ``on_prediction`` one.
+    """
 
-    def emit(self, message: dict) -> None:
-        self.fn(message)
+    def __init__(self, fn: Callable[[Any], Any], events: bool = False) -> None:
+        self.fn, self.events, self.predictions = fn, events, not events
+        self.name = getattr(fn, "__qualname__", None) or repr(fn)
+
+    def emit(self, frame: Any) -> None:
+        self.fn(frame)
 
     def close(self) -> None:
         pass
 
 
-def _serve_function() -> Callable:
-    """``serve`` of the asyncio implementation (websockets >= 13), else the legacy one (12)."""
-    require("websockets")
-    try:
-        from websockets.asyncio.server import serve
-    except ImportError:  # websockets 12
-        from websockets.server import serve  # type: ignore[no-redef]
-    return serve
+class Outputs:
+    """Every sink of a pipeline; ``emit`` hands a frame to each in turn, isolated.
 
-
-class WebSocketServer:
-    """A websocket server that broadcasts every message and hands host messages to a handler.
-
-    Host -> mmer messages are JSON objects; ``on_message(obj)`` decides what they mean (the
-    pipeline accepts ``{"type": "turn", "speaker", "text"}``, ``{"type": "text",
-    "utterance_id", "text"}`` and ``{"type": "reset"}``) and returns a reply dict (sent back to
-    that client only) or ``None``. A message that is not a JSON object, or that the handler
-    refuses with ``ValueError``, gets ``{"type": "error", "error": ...}``.
-
-    Args:
-        port: TCP port; 0 picks a free one (read ``.port`` after ``start()``).
-        host: interface to bind; 127.0.0.1 by default so only local processes can connect.
+    Predictions go to the sinks whose ``predictions`` attribute is true (the default), events
+    to those whose ``events`` attribute is.
+    A sink that raises is logged (with its name and the traceback) and counted in
+    ``callback_errors``; the others still get the frame, and the pipeline goes on.
     """
 
-    def __init__(self, port: int = 0, host: str = LOCALHOST,
-                 on_message: Callable[[dict], dict | None] | None = None) -> None:
-        self.host, self.port = host, port
-        self.on_message = on_message
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._clients: dict[Any, tuple[asyncio.Queue, asyncio.Event]] = {}
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.stats = {"clients": 0, "sent": 0, "dropped": 0, "received": 0, "rejected": 0}
+    def __init__(self, sinks: list[Any] | None = None) -> None:
+        self.sinks: list[Any] = list(sinks or [])
+        self.callback_errors = 0
+        self._lock = threading.Lock()
 
-    # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> "WebSocketServer":
-        """Bind and serve in a daemon thread; raises if the port cannot be bound."""
-        serve = _serve_function()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main(serve)),
-                                        name="mmer-websocket", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(SERVER_START_TIMEOUT_S):
-            raise RuntimeError(f"websocket server on {self.host}:{self.port} did not start "
-                               f"within {SERVER_START_TIMEOUT_S} s")
-        if self._error is not None:
-            raise OSError(f"websocket server could not listen on {self.host}:{self.port}: {self._error}")
-        return self
+    def add(self, sink: Any) -> None:
+        self.sinks.append(sink)
 
-    async def _main(self, serve: Callable) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            server = await serve(self._handle, self.host, self.port, max_size=MAX_INCOMING_BYTES)
-        except OSError as e:
-            self._error = e
-            self._ready.set()
-            return
-        self.port = next(iter(server.sockets)).getsockname()[1]
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()
-            await server.wait_closed()
+    def emit(self, frame: Any, event: bool = False) -> None:
+        for sink in list(self.sinks):
+            if not (getattr(sink, "events", False) if event else getattr(sink, "predictions", True)):
+                continue
+            try:
+                sink.emit(frame)
+            except Exception:
+                with self._lock:
+                    self.callback_errors += 1
+                log.exception("output %s failed on %s; the other outputs still got it",
+                              getattr(sink, "name", type(sink).__name__), type(frame).__name__)
+
+    def counters(self) -> dict[str, int]:
+        """The counters of the sinks that keep some (``stats``), prefixed by their ``name``."""
+        out = {}
+        for sink in self.sinks:
+            stats = getattr(sink, "stats", None)
+            if isinstance(stats, dict):
+                out.update({f"{getattr(sink, 'name', type(sink).__name__)}_{k}": v for k, v in stats.items()})
+        return out
 
     def close(self) -> None:
-        """Stop serving, disconnect every client and join the thread."""
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+        for sink in self.sinks:
             try:
-                self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:  # loop already closed
-                pass
-        if self._thread is not None:
-            self._thread.join(SERVER_STOP_TIMEOUT_S)
-            self._thread = None
-
-    # -- outgoing ---------------------------------------------------------------------------
-    def emit(self, message: dict) -> None:
-        """Broadcast ``message`` to every connected client (thread-safe, never blocks)."""
-        if self._loop is None or self._loop.is_closed():
-            return
-        text = to_json_line(message)
-        try:
-            self._loop.call_soon_threadsafe(self._broadcast, text)
-        except RuntimeError:  # the loop stopped between the check and the call
-            pass
-
-    def _broadcast(self, text: str) -> None:
-        for queue, wake in self._clients.values():
-            if queue.full():
-                queue.get_nowait()  # a slow client loses its oldest message, not the pipeline
-                self.stats["dropped"] += 1
-            queue.put_nowait(text)
-            wake.set()
-
-    # -- per client -------------------------------------------------------------------------
-    async def _handle(self, connection: Any, *_legacy_path: Any) -> None:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE_MESSAGES)
-        wake = asyncio.Event()
-        self._clients[connection] = (queue, wake)
-        self.stats["clients"] += 1
-        sender = asyncio.ensure_future(self._send_loop(connection, queue, wake))
-        try:
-            async for raw in connection:
-                reply = self._answer(raw)
-                if reply is not None:
-                    await connection.send(to_json_line(reply))
-        except Exception:  # a client that vanishes mid-message is not the server's problem
-            pass
-        finally:
-            self._clients.pop(connection, None)
-            sender.cancel()
-
-    async def _send_loop(self, connection: Any, queue: asyncio.Queue, wake: asyncio.Event) -> None:
-        while True:
-            await wake.wait()
-            wake.clear()
-            while not queue.empty():
-                await connection.send(queue.get_nowait())
-                self.stats["sent"] += 1
-
-    def _answer(self, raw: str | bytes) -> dict | None:
-        self.stats["received"] += 1
-        try:
-            message = json.loads(raw)
-            if not isinstance(message, dict):
-                raise ValueError("expected a JSON object")
-            return self.on_message(message) if self.on_message else None
-        except ValueError as e:  # json.JSONDecodeError is a ValueError too
-            self.stats["rejected"] += 1
-            return {"type": "error", "error": str(e)}
-
-
-def apply_host_message(host: Any, message: dict, default_speaker: str) -> dict:
-    """Apply one host -> mmer message to ``host`` (a LivePipeline); returns the acknowledgement.
-
-    ``{"type": "turn", "speaker", "text"}`` -> ``host.push_turn`` (speaker defaults to
-    ``default_speaker``); ``{"type": "text", "utterance_id", "text", "speaker"?}`` ->
-    ``host.push_text``; ``{"type": "reset"}`` -> ``host.reset_context``. Anything else raises
-    ``ValueError``, which the server answers as an error.
-    """
-    kind = message.get("type")
-    if kind == "turn":
-        speaker, text = message.get("speaker", default_speaker), message.get("text")
-        if not isinstance(speaker, str) or not isinstance(text, str):
-            raise ValueError('a "turn" needs a string "text" (and "speaker", default the host\'s name)')
-        host.push_turn(speaker, text)
-    elif kind == "text":
-        uid, text, speaker = message.get("utterance_id"), message.get("text"), message.get("speaker")
-        if not isinstance(uid, int) or isinstance(uid, bool) or not isinstance(text, str):
-            raise ValueError('a "text" message needs an integer "utterance_id" and a string "text"')
-        if speaker is not None and not isinstance(speaker, str):
-            raise ValueError('"speaker" of a "text" message must be a string')
-        host.push_text(uid, text, speaker)
-    elif kind == "reset":
-        host.reset_context()
-    else:
-        raise ValueError(f'unknown message type {kind!r}; expected "turn", "text" or "reset"')
-    return {"type": "ack", "of": kind}
+                sink.close()
+            except Exception:
+                log.exception("closing output %s failed", getattr(sink, "name", type(sink).__name__))
 
 
 # -- overlay ------------------------------------------------------------------------------------
@@ -293,25 +193,45 @@ def display_available() -> bool:
     return True
 
 
+OVERLAY_MAX_FPS = 15.0           # the --show window redraws at most this often
+
+
 class OverlaySink:
     """``--show``: an OpenCV window with the latest frame, face box and prediction.
 
-    ``emit`` only stores the latest prediction (from the prediction thread); ``show`` draws and
-    displays (from the thread that owns the window, the source loop). Without a display, or
-    with a headless OpenCV build, it says so once and stays silent.
+    A sink like the others: ``emit`` stores the latest prediction (from the prediction
+    thread); ``on_frame`` draws and displays at most ``OVERLAY_MAX_FPS`` times a second (from
+    the thread that feeds camera frames, which owns the window). q or Esc in the window calls
+    ``on_quit`` (the pipeline's ``stop``). Without a display, or with a headless OpenCV build,
+    it says so once and stays silent.
     """
 
     WINDOW = "mmer-live"
+    events = False
+    name = "overlay"
 
-    def __init__(self) -> None:
+    def __init__(self, on_quit: Callable[[], Any] | None = None) -> None:
         self._latest: deque[dict] = deque(maxlen=1)
         self.enabled = display_available()
         self.reason = "" if self.enabled else "no display (DISPLAY/WAYLAND_DISPLAY unset)"
         self.quit_requested = False
+        self.on_quit = on_quit
+        self._last_draw_s = 0.0
 
-    def emit(self, message: dict) -> None:
+    def emit(self, frame: Any) -> None:
+        message = frame if isinstance(frame, dict) else frame.to_dict()
         if message.get("type") == "prediction":
             self._latest.append(message)
+
+    def on_frame(self, image_bgr: np.ndarray, box: tuple[int, int, int, int] | None) -> None:
+        """A camera frame (and the tracked face box): redrawn when the rate cap allows."""
+        now = time.perf_counter()
+        if not self.enabled or now - self._last_draw_s < 1.0 / OVERLAY_MAX_FPS:
+            return
+        self._last_draw_s = now
+        self.show(image_bgr, box)
+        if self.quit_requested and self.on_quit is not None:
+            self.on_quit()
 
     def show(self, image_bgr: np.ndarray, box: tuple[int, int, int, int] | None) -> None:
         """Render and display one frame; sets ``quit_requested`` when the user presses q/Esc."""
@@ -324,7 +244,7 @@ class OverlaySink:
             key = cv2.waitKey(1) & 0xFF
         except cv2.error as e:  # opencv-python-headless has no GUI
             self.enabled, self.reason = False, f"OpenCV cannot open a window ({e.msg if hasattr(e, 'msg') else e})"
-            print(f"mmer-live: --show disabled: {self.reason}", file=sys.stderr)
+            log.warning("--show disabled: %s", self.reason)
             return
         if key in (ord("q"), 27):
             self.quit_requested = True

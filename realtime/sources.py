@@ -5,55 +5,55 @@ are imported here, lazily, inside the functions that need them. Every source has
 shape: ``open()`` (fails early with a clear :class:`DeviceError` / :class:`MediaFileError`),
 ``read(timeout_s) -> AudioChunk | VideoFrame | None``, ``close()``, and a context manager.
 Audio leaves every source as 16 kHz mono int16 ``AudioChunk``\\ s stamped on the stream clock,
-so a replayed file and a live microphone feed the pipeline identically.
+so a replayed file and a live microphone feed the pipeline identically: both down-mix and
+resample through :mod:`mmer.media`, the code training decodes with too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import json
-import operator
+import logging
 import queue
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
-import wave
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from mmer.errors import MmerError
 from mmer.extras import MissingExtra, require
+from mmer.media import (DEFAULT_BLOCK_MS, INT16_FULL_SCALE, MediaError, MediaReader, StreamResampler, VideoImage,
+                        downmix, to_int16)
 from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, VideoFrame
 
+log = logging.getLogger(__name__)
+
 LIST_DEVICES_HINT = "List the available devices with: mmer-live --list-devices"
-DEFAULT_BLOCK_MS = 30  # one webrtcvad frame per block
 MIC_QUEUE_S = 2.0  # audio the microphone queue holds before it drops blocks
 MIC_STALL_S = 2.0  # no block for this long while the stream claims to run: the device is gone
 MIC_START_S = 5.0  # ... before the first block (Bluetooth headsets take seconds to start)
-FALLBACK_CAPTURE_RATES_HZ = (48_000, 32_000)  # integer multiples of 16 kHz, decimated in the callback
-DECIMATOR_TAPS = 63  # windowed-sinc low-pass before decimation
-DECIMATOR_CUTOFF = 0.45  # of the output Nyquist band: keeps speech, rejects aliasing
+COMMON_CAPTURE_RATES_HZ = (48_000, 44_100)  # tried after 16 kHz and the device's default rate
+MAX_CAPTURE_CHANNELS = 2  # a device that refuses mono is opened in stereo and down-mixed
 CAMERA_FIRST_FRAME_TIMEOUT_S = 5.0
 CAMERA_MAX_READ_FAILURES = 30  # consecutive failed reads (~1 s at 30 fps) = camera lost
 MAX_CAMERA_PROBE = 5  # list_devices tries camera indices 0..4
-INT16_FULL_SCALE = 32768.0
 
 
-class SourceError(RuntimeError):
-    """A capture source failed."""
+class SourceError(MmerError, RuntimeError):
+    """A capture source was used wrongly (read before open...)."""
+
+    kind = "usage"
 
 
 class DeviceError(SourceError):
     """A microphone or camera is missing, cannot be opened, or was lost while running."""
 
+    kind = "environment"
 
-class MediaFileError(SourceError):
-    """A media file is missing or cannot be decoded; the message names the file."""
+
+MediaFileError = MediaError  # a replayed file that is missing or cannot be decoded (mmer.media names it)
 
 
 def _sounddevice():
@@ -75,30 +75,15 @@ def _quiet_opencv(cv2):
         cv2.utils.logging.setLogLevel(previous)
 
 
-class _Decimator:
-    """Stateful integer-factor downsampler (FIR low-pass + keep every ``factor``-th sample)."""
-
-    def __init__(self, factor: int, taps: int = DECIMATOR_TAPS):
-        n = np.arange(taps) - (taps - 1) / 2
-        cutoff = DECIMATOR_CUTOFF / factor  # cycles per input sample
-        h = np.sinc(2 * cutoff * n) * np.hamming(taps)
-        self._h = (h / h.sum()).astype(np.float32)
-        self._history = np.zeros(taps - 1, np.float32)
-        self._factor = factor
-        self._index = 0  # absolute index of the next input sample
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """``x`` (n,) int16 at the input rate -> int16 at the input rate / factor."""
-        xf = np.concatenate([self._history, x.astype(np.float32)])
-        y = np.convolve(xf, self._h, mode="valid")  # y[j] is the filtered input sample index + j
-        self._history = xf[len(xf) - len(self._history):]
-        first = (-self._index) % self._factor
-        self._index += len(x)
-        return np.clip(np.round(y[first::self._factor]), -32768, 32767).astype(np.int16)
-
-
 class _Source:
-    """``with source:`` opens and closes it (subclasses define ``open`` and ``close``)."""
+    """``with source:`` opens and closes it (subclasses define ``open`` and ``close``).
+
+    ``paced``: items arrive at the pace they were captured (devices, a real-time replay);
+    False for a replay as fast as possible, where the pipeline must process every frame.
+    """
+
+    paced = True
+    finished = False   # a file source sets it at its end; a device never ends, it is lost (DeviceError)
 
     def __enter__(self):
         return self.open()
@@ -109,6 +94,12 @@ class _Source:
 
 class MicrophoneSource(_Source):
     """Microphone capture via sounddevice: int16 mono blocks of ``block_ms`` into a bounded queue.
+
+    The device is opened at 16 kHz mono when it takes that; otherwise at its own default rate
+    (44.1 kHz on many USB and macOS devices) or 48 / 44.1 kHz, in stereo if it refuses mono,
+    and the callback down-mixes and resamples with :class:`mmer.media.StreamResampler`, the
+    resampler of the file replay and of training, so the model hears the same numbers.
+    ``capture_rate_hz`` / ``capture_channels`` say what was opened.
 
     The PortAudio callback never blocks: when the queue (``MIC_QUEUE_S`` of audio) is full the
     block is dropped and counted in ``dropped_blocks``; driver-side overruns are counted in
@@ -127,9 +118,28 @@ class MicrophoneSource(_Source):
         self.input_overflows = 0
         self.dropped_blocks = 0
         self.device_name = "default input" if device is None else f"'{device}'"
+        self.capture_rate_hz = self.capture_channels = 0
 
     def _describe(self) -> str:
         return f"microphone {self.device_name}"
+
+    def _capture_settings(self, sd, info) -> tuple[int, int]:
+        """(rate_hz, channels) the device accepts, as int16: the pipeline's rate in mono first."""
+        max_channels = int(info.get("max_input_channels", 1) or 0)
+        if max_channels < 1:
+            raise DeviceError(f"{self._describe()} has no input channels. {LIST_DEVICES_HINT}")
+        native_hz = int(round(float(info.get("default_samplerate") or self.sample_rate_hz)))
+        rates = list(dict.fromkeys((self.sample_rate_hz, native_hz, *COMMON_CAPTURE_RATES_HZ)))
+        channel_counts = list(dict.fromkeys((1, min(MAX_CAPTURE_CHANNELS, max_channels))))
+        for rate in rates:
+            for channels in channel_counts:
+                try:
+                    sd.check_input_settings(device=self.device, channels=channels, dtype="int16", samplerate=rate)
+                except (ValueError, sd.PortAudioError):
+                    continue
+                return rate, channels
+        raise DeviceError(f"{self._describe()} accepts none of {rates} Hz with {channel_counts} channel(s) as "
+                          f"int16. {LIST_DEVICES_HINT}")
 
     def open(self) -> MicrophoneSource:
         """Check the device, then start capturing. Raises :class:`DeviceError` if it is missing."""
@@ -139,20 +149,12 @@ class MicrophoneSource(_Source):
         except (ValueError, sd.PortAudioError) as e:
             raise DeviceError(f"{self._describe()} not found ({e}). {LIST_DEVICES_HINT}") from None
         self.device_name = f"'{info['name']}'"
-        capture_rate = None
-        for rate in (self.sample_rate_hz, *FALLBACK_CAPTURE_RATES_HZ):
-            try:
-                sd.check_input_settings(device=self.device, channels=1, dtype="int16", samplerate=rate)
-            except (ValueError, sd.PortAudioError):
-                continue
-            if rate % self.sample_rate_hz == 0:
-                capture_rate = rate
-                break
-        if capture_rate is None:
-            raise DeviceError(f"{self._describe()} supports none of {(self.sample_rate_hz, *FALLBACK_CAPTURE_RATES_HZ)}"
-                              f" Hz mono int16. {LIST_DEVICES_HINT}")
-        factor = capture_rate // self.sample_rate_hz
-        self._decimator = _Decimator(factor) if factor > 1 else None
+        self.capture_rate_hz, self.capture_channels = self._capture_settings(sd, info)
+        converting = self.capture_rate_hz != self.sample_rate_hz or self.capture_channels != 1
+        self._resampler = StreamResampler(self.capture_rate_hz, self.sample_rate_hz) if converting else None
+        if converting:
+            log.info("%s opened at %d Hz, %d channel(s); down-mixed and resampled to %d Hz mono",
+                     self._describe(), self.capture_rate_hz, self.capture_channels, self.sample_rate_hz)
         self._samples_out = 0
         self._clock_offset_s: float | None = None
         self._error: BaseException | None = None
@@ -161,8 +163,9 @@ class MicrophoneSource(_Source):
         if self.clock_origin_s is None:
             self.clock_origin_s = time.perf_counter()
         try:
-            self._stream = sd.InputStream(samplerate=capture_rate, blocksize=self.block_samples * factor,
-                                          device=self.device, channels=1, dtype="int16",
+            self._stream = sd.InputStream(samplerate=self.capture_rate_hz,
+                                          blocksize=self.capture_rate_hz * self.block_ms // 1000,
+                                          device=self.device, channels=self.capture_channels, dtype="int16",
                                           callback=self._callback, finished_callback=self._on_finished)
             self._stream.start()
         except sd.PortAudioError as e:
@@ -173,20 +176,27 @@ class MicrophoneSource(_Source):
     def _on_finished(self) -> None:
         self._finished = True
 
+    def _convert(self, indata: np.ndarray) -> np.ndarray:
+        """(frames, channels) int16 at the capture rate -> (n,) int16 mono at ``sample_rate_hz``."""
+        if self._resampler is None:
+            return indata[:, 0].copy()
+        mono = downmix(indata.astype(np.float32) / INT16_FULL_SCALE, channel_axis=1)
+        return to_int16(self._resampler.push(mono))
+
     def _callback(self, indata, frames, time_info, status) -> None:  # PortAudio's thread
         try:
             now = time.perf_counter()
             if status.input_overflow:
                 self.input_overflows += 1
-            samples = indata[:, 0].copy()
-            if self._decimator is not None:
-                samples = self._decimator.process(samples)
+            samples = self._convert(indata)
             if self._clock_offset_s is None:  # the first block was captured over its own length
-                self._clock_offset_s = now - self.clock_origin_s - len(samples) / self.sample_rate_hz
+                self._clock_offset_s = now - self.clock_origin_s - frames / self.capture_rate_hz
+            self._last_block_wall_s = now
+            if not len(samples):  # the resampler's first block may still be inside its filter
+                return
             chunk = AudioChunk(samples, self._clock_offset_s + self._samples_out / self.sample_rate_hz,
                                self.sample_rate_hz)
             self._samples_out += len(samples)
-            self._last_block_wall_s = now
             try:
                 self._queue.put_nowait(chunk)
             except queue.Full:
@@ -223,12 +233,30 @@ class MicrophoneSource(_Source):
             stream.close()
 
 
+def _camera_target(index: int | str) -> int | str:
+    """What cv2.VideoCapture is given: an int for a camera number (also written as digits), else the string."""
+    if isinstance(index, str) and index.strip().isdigit():
+        return int(index.strip())
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return int(index)
+    if isinstance(index, (str, Path)) and str(index).strip():
+        return str(index).strip()
+    raise DeviceError(f"camera {index!r}: give a camera number, a device path, a URL or a GStreamer pipeline. "
+                      f"{LIST_DEVICES_HINT}")
+
+
+def _is_local_path(target: int | str) -> bool:
+    """A device path or file name (not a URL, not a GStreamer pipeline)."""
+    return isinstance(target, str) and "://" not in target and "!" not in target
+
 
 class CameraSource(_Source):
     """Camera capture via cv2.VideoCapture in a thread that keeps only the newest frames.
 
-    ``index`` is a camera number, or a string OpenCV opens the same way (a device path such as
-    ``/dev/video2``, an ``rtsp://`` stream of an IP camera, a video file).
+    ``index`` is what cv2.VideoCapture opens: a camera number (a string of digits such as
+    ``"2"`` counts as one), a device path (``/dev/video2``), a URL (an ``rtsp://`` IP camera),
+    a GStreamer pipeline (``"... ! appsink"``) or a video file. One that does not open raises
+    :class:`DeviceError` naming it.
 
     The buffer holds ``max_buffered_frames`` (default 1: the face path always wants the latest
     frame); older unread frames are dropped and counted in ``dropped_frames``.
@@ -237,7 +265,8 @@ class CameraSource(_Source):
 
     def __init__(self, index: int | str = 0, width: int = 640, height: int = 480, fps: int = 30,
                  max_buffered_frames: int = 1, clock_origin_s: float | None = None):
-        self.index, self.width, self.height, self.fps = index, width, height, fps
+        self.index = _camera_target(index)
+        self.width, self.height, self.fps = width, height, fps
         self.clock_origin_s = clock_origin_s
         self._buffer: deque[VideoFrame] = deque(maxlen=max_buffered_frames)
         self._cond = threading.Condition()
@@ -248,14 +277,19 @@ class CameraSource(_Source):
         self.frames_captured = 0
         self.dropped_frames = 0
 
+    def _describe(self) -> str:
+        return f"camera {self.index}" if isinstance(self.index, int) else f"camera '{self.index}'"
+
     def open(self) -> CameraSource:
         """Open the camera and wait for its first frame; :class:`DeviceError` if either fails."""
+        if _is_local_path(self.index) and not Path(self.index).exists():
+            raise DeviceError(f"{self._describe()}: no such device or file. {LIST_DEVICES_HINT}")
         cv2 = require("cv2")
         with _quiet_opencv(cv2):
             cap = cv2.VideoCapture(self.index)
         if not cap.isOpened():
             cap.release()
-            raise DeviceError(f"camera {self.index} could not be opened. {LIST_DEVICES_HINT}")
+            raise DeviceError(f"{self._describe()} could not be opened. {LIST_DEVICES_HINT}")
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         cap.set(cv2.CAP_PROP_FPS, self.fps)
@@ -270,7 +304,7 @@ class CameraSource(_Source):
                                       CAMERA_FIRST_FRAME_TIMEOUT_S)
         if not got or self._error is not None:
             self.close()
-            raise DeviceError(f"camera {self.index} opened but delivered no frame within "
+            raise DeviceError(f"{self._describe()} opened but delivered no frame within "
                               f"{CAMERA_FIRST_FRAME_TIMEOUT_S:.0f} s. {LIST_DEVICES_HINT}")
         return self
 
@@ -283,7 +317,7 @@ class CameraSource(_Source):
                 if not ok:
                     failures += 1
                     if failures >= CAMERA_MAX_READ_FAILURES:
-                        self._error = DeviceError(f"camera {self.index} stopped delivering frames "
+                        self._error = DeviceError(f"{self._describe()} stopped delivering frames "
                                                   f"(unplugged?). {LIST_DEVICES_HINT}")
                         self._cond.notify_all()
                         return
@@ -321,118 +355,53 @@ class CameraSource(_Source):
             self._cap = None
 
 
-def _probe(path: Path) -> dict:
-    """Streams and duration of a media file: {"audio": bool, "video": bool, "duration_s": float, "wav": params}."""
-    if path.suffix.lower() == ".wav":
-        with contextlib.suppress(wave.Error, EOFError):
-            with wave.open(str(path), "rb") as w:
-                if w.getsampwidth() == 2:
-                    return {"audio": True, "video": False, "duration_s": w.getnframes() / w.getframerate(),
-                            "wav": (w.getnchannels(), w.getframerate())}
-    if shutil.which("ffprobe") is None:
-        raise MediaFileError(f"cannot read media file {path}: not a 16-bit PCM wav, and ffprobe/ffmpeg "
-                             "(needed for other formats) is not installed")
-    proc = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-                           str(path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise MediaFileError(f"cannot read media file {path}: {proc.stderr.strip()[-300:] or 'ffprobe failed'}")
-    info = json.loads(proc.stdout or "{}")
-    kinds = {s.get("codec_type") for s in info.get("streams", [])}
-    if not kinds & {"audio", "video"}:
-        raise MediaFileError(f"cannot read media file {path}: no audio or video stream")
-    return {"audio": "audio" in kinds, "video": "video" in kinds,
-            "duration_s": float(info.get("format", {}).get("duration", 0.0)), "wav": None}
-
-
 class FileSource(_Source):
     """Replays a wav/mp3/mp4 as the live sources would deliver it: 16 kHz mono int16 audio
     chunks of ``block_ms`` and video frames, in the order they would become available
     (an audio chunk at its end time, a frame at its time), as fast as possible or paced in
-    real time (``realtime=True``). Memory stays bounded: audio streams out of ffmpeg (or the
-    wav file) block by block, frames out of cv2.VideoCapture one by one.
+    real time (``realtime=True``). Decoding streams through :class:`mmer.media.MediaReader`
+    (down-mix, then the soxr resampler training uses), block by block and frame by frame, so
+    memory stays bounded.
+
+    A file without an audio stream, or one that is cut or corrupt, raises
+    :class:`MediaFileError` (= :class:`mmer.media.MediaError`) naming it: at ``open()`` when
+    the container shows it, else from ``read()`` where the decoding stops.
     """
 
     def __init__(self, path: str | Path, realtime: bool = False, block_ms: int = DEFAULT_BLOCK_MS,
                  include_video: bool = True):
         self.path, self.realtime, self.block_ms = Path(path), realtime, block_ms
+        self.paced = realtime
         self.block_samples = SAMPLE_RATE_HZ * block_ms // 1000
         self.include_video = include_video
         self.has_audio = self.has_video = False
         self.duration_s = 0.0
         self.finished = False
-        self._events: Iterator[tuple[float, AudioChunk | VideoFrame]] | None = None
-        self._closers: list = []
+        self._events: Iterator[AudioChunk | VideoFrame] | None = None
+        self._reader: MediaReader | None = None
 
     def open(self) -> FileSource:
         """Check the file and start decoding; :class:`MediaFileError` naming the file if unreadable."""
         self.close()  # re-opening replays from the start
-        if not self.path.is_file():
-            raise MediaFileError(f"media file not found: {self.path}")
-        info = _probe(self.path)
-        self.has_audio, self.duration_s = info["audio"], info["duration_s"]
-        self.has_video = info["video"] and self.include_video
-        audio = self._audio_blocks(info["wav"]) if self.has_audio else iter(())
-        video = self._video_frames() if self.has_video else iter(())
-        # Both streams are sorted by availability time (a chunk at its end, a frame at its time).
-        self._events = heapq.merge(audio, video, key=operator.itemgetter(0))
+        reader = MediaReader(self.path, audio=True, video=self.include_video, rate_hz=SAMPLE_RATE_HZ,
+                             block_samples=self.block_samples, pixel_format="bgr24", sample_format="int16").open()
+        self._reader = reader
+        self.has_audio, self.has_video = reader.has_audio, reader.has_video
+        self.duration_s = reader.info.duration_s or 0.0
+        self._events = self._frames(reader)
         self._pending = None
         self._t0_wall_s: float | None = None
         self.finished = False
         return self
 
-    def _audio_blocks(self, wav_params) -> Iterator[tuple[float, AudioChunk]]:
-        n = 0
-        for samples in self._decoded_audio(wav_params):
-            n += len(samples)
-            yield n / SAMPLE_RATE_HZ, AudioChunk(samples, (n - len(samples)) / SAMPLE_RATE_HZ)
-
-    def _decoded_audio(self, wav_params) -> Iterator[np.ndarray]:
-        """(block_samples,) int16 blocks at 16 kHz mono (the last one may be shorter)."""
-        if wav_params == (1, SAMPLE_RATE_HZ):  # the common case needs no decoder at all
-            w = wave.open(str(self.path), "rb")
-            self._closers.append(w.close)
-            while len(data := w.readframes(self.block_samples)):
-                yield np.frombuffer(data, dtype="<i2").astype(np.int16)
-            return
-        if shutil.which("ffmpeg") is None:
-            raise MediaFileError(f"cannot decode {self.path}: only 16 kHz mono 16-bit wav plays without ffmpeg, "
-                                 "which is not installed (Debian: apt-get install ffmpeg)")
-        err = tempfile.TemporaryFile()  # a file, not a pipe: a chatty ffmpeg cannot deadlock on it
-        proc = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path), "-vn", "-ac", "1",
-                                 "-ar", str(SAMPLE_RATE_HZ), "-f", "s16le", "-"],
-                                stdout=subprocess.PIPE, stderr=err)
-
-        def stop_ffmpeg() -> None:
-            proc.kill()  # before wait: ffmpeg may be blocked writing to the pipe we stop reading
-            proc.wait()
-            proc.stdout.close()
-            err.close()
-        self._closers.append(stop_ffmpeg)
-        total = 0
-        while data := proc.stdout.read(2 * self.block_samples):
-            total += len(data)
-            yield np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
-        if proc.wait() != 0 and total == 0:
-            err.seek(0)
-            raise MediaFileError(f"cannot decode audio of {self.path}: {err.read().decode(errors='replace')[-300:]}")
-
-    def _video_frames(self) -> Iterator[tuple[float, VideoFrame]]:
-        cv2 = require("cv2")
-        cap = cv2.VideoCapture(str(self.path))
-        self._closers.append(cap.release)
-        if not cap.isOpened():
-            raise MediaFileError(f"cannot decode video of {self.path}")
-        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-        index = 0
-        while True:
-            ok, image = cap.read()
-            if not ok:
-                return
-            # POS_MSEC after a read is the presentation time of that frame; fall back to index / fps.
-            pos_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
-            t = pos_ms / 1000 if pos_ms > 0 or index == 0 else index / fps
-            yield t, VideoFrame(image, t, index)
-            index += 1
+    @staticmethod
+    def _frames(reader: MediaReader) -> Iterator[AudioChunk | VideoFrame]:
+        """The reader's events as pipeline frames (int16 audio, BGR images)."""
+        for item in reader.events():
+            if isinstance(item, VideoImage):
+                yield VideoFrame(item.image, item.time_s, item.index)
+            else:
+                yield AudioChunk(item.samples, item.start_s, item.rate_hz)
 
     def read(self, timeout_s: float | None = None) -> AudioChunk | VideoFrame | None:
         """The next event in availability order; ``None`` at the end (``finished`` becomes True)
@@ -444,8 +413,9 @@ class FileSource(_Source):
             if self._pending is None:
                 self.finished = True
                 return None
-        due_s, event = self._pending
+        event = self._pending
         if self.realtime:
+            due_s = event.end_s if isinstance(event, AudioChunk) else event.time_s
             if self._t0_wall_s is None:
                 self._t0_wall_s = time.perf_counter()
             wait_s = self._t0_wall_s + due_s - time.perf_counter()
@@ -471,10 +441,11 @@ class FileSource(_Source):
 
     def close(self) -> None:
         """Stop decoding and release the file (idempotent)."""
-        for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                close()
-        self._closers = []
+        if self._events is not None:
+            self._events.close()
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
         self._events = None
 
 

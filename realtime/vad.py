@@ -19,10 +19,11 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from mmer.config import bounded
 from mmer.extras import MissingExtra, require
 from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, VadEvent
 
-INT16_FULL_SCALE = 32768.0  # int16 -> float32 in [-1, 1)
+from mmer.media import INT16_FULL_SCALE  # int16 -> float32 in [-1, 1)
 WEBRTC_FRAME_MS = (10, 20, 30)  # the only frame lengths webrtcvad accepts
 WEBRTC_RATES_HZ = (8000, 16000, 32000, 48000)
 SILERO_FRAME_SAMPLES = 512  # Silero v5 at 16 kHz takes exactly 512-sample (32 ms) chunks
@@ -217,15 +218,15 @@ class SegmenterConfig:
     """
 
     vad: Literal["webrtc", "silero"] = "webrtc"
-    webrtc_mode: int = 2
-    frame_ms: int = 30  # webrtcvad frame; Silero always uses 32 ms (512 samples)
-    silero_threshold: float = 0.5
-    start_ms: float = 120.0
-    end_silence_ms: float = 550.0
-    pre_roll_ms: float = 300.0
-    post_roll_ms: float = 150.0
-    min_utterance_ms: float = 250.0
-    max_utterance_s: float = 15.0
+    webrtc_mode: int = bounded(2, ge=0, le=3)
+    frame_ms: int = bounded(30, ge=10, le=30)  # webrtcvad frame (10, 20 or 30); Silero always uses 32 ms (512 samples)
+    silero_threshold: float = bounded(0.5, gt=0, lt=1)
+    start_ms: float = bounded(120.0, ge=0, le=2000)
+    end_silence_ms: float = bounded(550.0, ge=10, le=10_000)
+    pre_roll_ms: float = bounded(300.0, ge=0, le=5000)
+    post_roll_ms: float = bounded(150.0, ge=0, le=5000)
+    min_utterance_ms: float = bounded(250.0, ge=0, le=10_000)
+    max_utterance_s: float = bounded(15.0, gt=0, le=120)
     pause_events: bool = True
 
 

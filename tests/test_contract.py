@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
+from mmer.media import SAMPLE_RATE_HZ
 from mmer.models.base import MmerModel
 from mmer.outputs import EmotionOutput
 from mmer.registry import MODELS
@@ -27,7 +28,6 @@ from mmer.samples import audio_samples
 pytest.importorskip("onnxruntime")
 
 FRAME = 400          # 25 ms frames at 16 kHz
-SAMPLE_RATE_HZ = 16_000
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def test_same_utterance_same_label_through_torch_and_onnxruntime(toy, toy_export
 
 def test_the_export_serves_the_live_pipeline(toy_export, tmp_path, tmp_path_factory):
     from mmer.realtime.config import AsrConfig, LiveConfig, ModelsConfig, OutputConfig
-    from mmer.realtime.pipeline import LivePipeline
+    from mmer.realtime.build import build_pipeline
     from mmer.realtime.predictor import load_stack
     from mmer.realtime.sources import FileSource
     from tests.realtime import media
@@ -150,8 +150,8 @@ def test_the_export_serves_the_live_pipeline(toy_export, tmp_path, tmp_path_fact
                      outputs=OutputConfig(json=str(tmp_path / "out.jsonl")))
     predictor, face = load_stack(cfg.models)
     assert predictor.voice.runtime_name == "onnxruntime" and face is False
-    pipe = LivePipeline(cfg, predictor=predictor, face_model=False, lockstep=True)
-    got: list[dict] = []
+    pipe = build_pipeline(cfg, predictor=predictor, face_model=None, lockstep=True)
+    got: list = []
     pipe.on_prediction(got.append)
     source = FileSource(wav, realtime=False).open()
     try:
@@ -160,8 +160,8 @@ def test_the_export_serves_the_live_pipeline(toy_export, tmp_path, tmp_path_fact
         source.close()
         pipe.close()
     assert len(got) == len(turns)
-    assert [p["modalities"] for p in got] == [["audio"]] * len(turns)
-    assert all("voice" in p["latency_ms"] and p["label"] in p["probs"] for p in got)
+    assert [p.modalities for p in got] == [["audio"]] * len(turns)
+    assert all("voice" in p.latency_ms and p.label in p.probs for p in got)
 
 
 def test_the_export_benchmarks(toy_export, tmp_path):

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from mmer.realtime.asr import (AsrWorker, FasterWhisperASR, HFWhisperASR, NoASR, Transcript,
-                               default_whisper_dir, make_asr)
+from mmer.realtime.asr import (AsrWorker, FasterWhisperASR, HFWhisperASR, NoASR, Transcript, _said_twice,
+                               cut_repetition, default_whisper_dir, make_asr)
 from mmer.realtime.frames import Utterance
 from tests.realtime import media
 
@@ -54,7 +54,8 @@ def test_faster_whisper_transcribes_espeak_sentence(whisper, sentences):
 def test_worker_in_order_blocks_only_as_last_resort(whisper, sentences):
     # max_pending=2: the first two submits always fit in the queue and return at once; with one
     # more in the worker's hands, the fourth must wait; none is ever dropped.
-    worker = AsrWorker(whisper, max_pending=2)
+    got = []
+    worker = AsrWorker(whisper, max_pending=2, forward=got.append)
     audios = [sentences[0], sentences[1], sentences[2], sentences[1]]
     for i, audio in enumerate(audios):
         t0 = time.perf_counter()
@@ -62,26 +63,23 @@ def test_worker_in_order_blocks_only_as_last_resort(whisper, sentences):
         if i < 2:
             assert time.perf_counter() - t0 < SUBMIT_BUDGET_S  # capture never waits for speech-to-text
     assert worker.blocked_submits >= 1
-    got = []
-    deadline = time.perf_counter() + 120
-    while len(got) < len(audios) and time.perf_counter() < deadline:
-        got += worker.poll()
-        time.sleep(0.01)
+    assert worker.flush(timeout_s=120)  # each utterance was handed on as it finished: no polling
     worker.close()
     assert [u.id for u in got] == [0, 1, 2, 3]
     assert all(u.text and u.timings_ms["asr"] > 0 and u.timings_ms["asr_wait"] >= 0 for u in got)
     assert "morning" in got[1].text.lower()
     assert got[2].timings_ms["asr_wait"] > got[0].timings_ms["asr_wait"]  # it queued behind the others
-    assert worker.pending == 0 and not worker._thread.is_alive()
+    assert worker.pending == 0 and not worker.thread.is_alive()
 
 
 def test_no_asr_keeps_host_text():
     asr = make_asr("none")
     assert isinstance(asr, NoASR) and asr.transcribe(np.zeros(160, np.float32)).text is None
-    with AsrWorker(asr) as worker:
+    done = []
+    with AsrWorker(asr, forward=done.append) as worker:
         worker.submit(utterance(0, np.zeros(1600, np.float32), text="I typed this"))
         worker.submit(utterance(1, np.zeros(1600, np.float32)))
-        done = worker.flush(timeout_s=5)
+        assert worker.flush(timeout_s=5)
     assert [(u.id, u.text) for u in done] == [(0, "I typed this"), (1, None)]
     with pytest.raises(RuntimeError):
         worker.submit(utterance(2, np.zeros(10, np.float32)))
@@ -98,12 +96,61 @@ class _FailsOnEmpty(NoASR):
 
 
 def test_worker_survives_a_failing_transcription():
-    with AsrWorker(_FailsOnEmpty()) as worker:
+    done = []
+    with AsrWorker(_FailsOnEmpty(), forward=done.append) as worker:
         for i, n in enumerate((10, 0, 10)):
             worker.submit(utterance(i, np.zeros(n, np.float32)))
-        done = worker.flush(timeout_s=5)
+        assert worker.flush(timeout_s=5)
     assert [(u.id, u.text) for u in done] == [(0, "ok"), (1, None), (2, "ok")]
     assert worker.errors == 1 and "exploded" in str(worker.last_error)
+
+
+class _Loops(NoASR):
+    """A backend that answers with Whisper's measured repetition loop (issue #12: 946 characters)."""
+
+    def transcribe(self, audio):
+        return Transcript("I took the train and then " + "the trains, " * 80, "en", 0.1)
+
+
+def test_a_repetition_loop_is_cut_before_it_reaches_the_text():
+    done = []
+    with AsrWorker(_Loops(), forward=done.append) as worker:
+        worker.submit(utterance(0, np.zeros(1600, np.float32)))
+        assert worker.flush(timeout_s=5)
+    assert done[0].text == "I took the train and then the trains," and worker.loops_cut == 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("no, no, no.", "no, no, no."),                        # people repeat themselves, not four times
+    ("hello hello hello hello world", "hello world"),
+    ("thank you. thank you. thank you. thank you. thank you.", "thank you."),
+    ("", ""), ("one two three", "one two three"),
+])
+def test_cut_repetition(text, expected):
+    assert cut_repetition(text) == expected
+
+
+@pytest.mark.parametrize("text, looped", [
+    ("turn on the kitchen light turn on the kitchen light", True),   # tiny.en on a padded 1.3 s clip
+    ("Thank you. Thank you.", True), ("no no", False), ("turn on the light", False), ("", False),
+    ("I said yes and she said yes", False),
+])
+def test_a_whole_text_said_twice_counts_as_a_loop(text, looped):
+    assert _said_twice(text) is looped
+
+
+def test_worker_deadlines_return_when_the_next_stage_is_stuck():
+    import threading
+
+    release = threading.Event()
+    worker = AsrWorker(NoASR(), max_pending=1, forward=lambda u: release.wait(10))
+    worker.submit(utterance(0, np.zeros(10, np.float32)))
+    t0 = time.perf_counter()
+    assert worker.flush(timeout_s=0.2) is False and time.perf_counter() - t0 < 2
+    release.set()
+    assert worker.flush(timeout_s=5)
+    worker.close(timeout_s=5)
+    assert not worker.thread.is_alive()
 
 
 def test_make_asr_rejects_unknown_backend():

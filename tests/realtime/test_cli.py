@@ -175,3 +175,114 @@ def test_ctrl_c_flushes_and_exits_cleanly(models, tmp_path):
     assert "stopping" in err and "mmer-live stats:" in err and "Traceback" not in err
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert 1 <= len(got) < len(sample_turns()) and [p["utterance_id"] for p in got] == list(range(len(got)))
+
+
+def _run_cli(command: str, args: list[str]) -> subprocess.Popen:
+    main = f"import sys; from mmer.realtime.cli import {command} as main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-c", main, *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_lines(proc: subprocess.Popen, out: Path, lines: int) -> None:
+    deadline = time.perf_counter() + STARTUP_DEADLINE_S
+    while time.perf_counter() < deadline and proc.poll() is None:
+        if out.is_file() and out.read_text().count("\n") >= lines:
+            return
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()
+
+
+def test_bad_or_busy_websocket_port_exits_2_before_models_load(models, capsys):
+    import socket
+
+    t0 = time.perf_counter()
+    assert live_main(["--demo", "--ws", "99999", *models]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "99999" in err and "modalities:" not in err and "Traceback" not in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert live_main(["--demo", "--ws", str(port), *models]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert str(port) in err and "--ws" in err and "modalities:" not in err and "could not load" not in err
+    assert time.perf_counter() - t0 < 10  # well under the model-loading time
+
+
+def test_banner_names_only_what_the_input_gives(models, tmp_path, capsys):
+    if media.missing_tools():
+        pytest.skip(f"needs {media.missing_tools()}")
+    wav = tmp_path / "one.wav"
+    media.make_conversation_wav(wav, ["Good morning to you."])
+    assert live_main(["--input", str(wav), "--fast", "--asr", "none", "--json", str(tmp_path / "o.jsonl"),
+                      *models]) == 0
+    err = capsys.readouterr().err
+    assert "modalities: text, audio; fusion" in err and "face:" not in err
+
+
+def test_sigterm_during_a_replay_flushes_and_prints_the_stats(models, tmp_path):
+    out = tmp_path / "live.jsonl"
+    proc = _run_cli("live_main", ["--demo", "--realtime", "--asr", "none", "--json", str(out), *models,
+                                  "face.max_fps=3"])
+    try:
+        _wait_for_lines(proc, out, 1)
+        time.sleep(1.0)  # inside the next turn: a pending utterance to flush
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err  # docs/errors.md: a stop asked by a signal, after the flush, is 0
+    assert "SIGTERM" in err and "mmer-live stats:" in err and "Traceback" not in err
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 2 <= len(got) <= len(sample_turns()) and [p["utterance_id"] for p in got] == list(range(len(got)))
+    assert f"predictions={len(got)}" in err and "pending=0" in err
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    """Two good wavs and a corrupt mp4 (the first half of a real one)."""
+    if media.missing_tools():
+        pytest.skip(f"needs {media.missing_tools()}")
+    from tests.realtime.test_face_path import astronaut_frame
+
+    folder = tmp_path_factory.mktemp("recordings")
+    good, good2, whole = folder / "good.wav", folder / "good2.wav", folder / "whole.mp4"
+    media.make_conversation_wav(good, ["Good morning to you.", "I cannot believe it!"])
+    media.make_conversation_wav(good2, ["Where were you last night?"])
+    media.make_mp4(whole, good, lambda i: astronaut_frame(i % 6), fps=5)
+    corrupt = folder / "corrupt.mp4"
+    data = whole.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    return good, corrupt, good2
+
+
+def test_predict_keeps_the_good_files_and_names_the_bad_one(models, recordings, tmp_path, capsys):
+    good, corrupt, good2 = recordings
+    out = tmp_path / "pred.jsonl"
+    code = predict_main([str(good), str(corrupt), str(good2), "--asr", "none", "--json", str(out), *models])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE and str(corrupt) in err and "skipped" in err and "Traceback" not in err
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["file"] for p in got if p["file"] != str(corrupt)] == [str(good)] * 2 + [str(good2)]
+    assert "2 of 3 file(s)" in err and "1 failed" in err
+
+
+def test_ctrl_c_during_predict_exits_fast_and_keeps_the_finished_files(models, recordings, tmp_path):
+    good, _, good2 = recordings
+    out = tmp_path / "pred.jsonl"
+    files = [str(good)] + [str(good2)] * 30  # far more than finishes before the Ctrl-C
+    proc = _run_cli("predict_main", [*files, "--asr", "none", "--json", str(out), *models])
+    try:
+        _wait_for_lines(proc, out, 3)  # the first file and a bit
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        stopped_in_s = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert stopped_in_s < 15 and "SIGINT" in err and "Traceback" not in err and "mmer-live" not in err
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["file"] for p in got[:2]] == [str(good)] * 2 and 3 <= len(got) < 2 + 30

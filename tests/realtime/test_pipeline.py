@@ -15,8 +15,10 @@ import time
 import numpy as np
 import pytest
 
+from mmer.errors import EXIT_ENVIRONMENT, EXIT_OK
+from mmer.realtime.build import build_pipeline
 from mmer.realtime.config import AsrConfig, FacePathConfig, LiveConfig, OutputConfig
-from mmer.realtime.pipeline import EXIT_DEVICE_ERROR, EXIT_OK, LivePipeline
+from mmer.realtime.pipeline import LivePipeline
 from mmer.realtime.predictor import Predictor
 from tests.realtime import media
 from tests.realtime.test_face_path import astronaut_frame, face_model, noise_frame  # noqa: F401
@@ -56,8 +58,8 @@ def make_pipeline(tiny_teacher, tiny_voice, face_model):  # noqa: F811
 
     def build(cfg: LiveConfig | None = None, face: bool = True, **kwargs) -> LivePipeline:
         predictor = Predictor(tiny_teacher, tiny_voice, "fer2013" if face else None)
-        pipe = LivePipeline(cfg or make_config(), predictor=predictor, face_model=face_model if face else False,
-                            block_frames=True, **kwargs)
+        pipe = build_pipeline(cfg or make_config(), predictor=predictor, face_model=face_model if face else None,
+                              **kwargs)
         made.append(pipe)
         return pipe
 
@@ -95,9 +97,10 @@ def test_conversation_with_face_host_turns_and_context(make_pipeline, conversati
     out = tmp_path / "predictions.jsonl"
     pipe = make_pipeline(make_config(outputs=OutputConfig(json=str(out))), lockstep=True)
     events, got = [], []
-    pipe.on_prediction(got.append)
+    pipe.on_prediction(lambda p: got.append(p.to_dict()))
 
     def on_event(event):
+        event = event.to_dict()
         events.append(event)
         if event["type"] == "utterance" and event["utterance_id"] == 1:  # the robot answered turn 0
             pipe.push_turn("robot", "Oh, I am sorry to hear that.")
@@ -129,7 +132,7 @@ def test_no_face_in_the_video_means_no_visual_modality(make_pipeline, conversati
     pipe = make_pipeline()
     assert replay(pipe, noise_mp4) == EXIT_OK
     pipe.close()
-    got = list(pipe.predictions)
+    got = [p.to_dict() for p in pipe.predictions]
     assert len(got) == len(bounds)
     for p in got:
         check_schema(p)
@@ -146,7 +149,7 @@ def test_split_monologue(make_pipeline, tmp_path):
     pipe = make_pipeline(make_config(segmenter=segmenter), face=False)
     assert replay(pipe, wav) == EXIT_OK
     pipe.close()
-    got = list(pipe.predictions)
+    got = [p.to_dict() for p in pipe.predictions]
     assert len(got) >= 3 and all(p["split"] for p in got)
     assert abs(got[0]["start_s"] - start) <= START_TOL_S and abs(got[-1]["end_s"] - end) <= END_TOL_S
     for a, b in zip(got, got[1:]):
@@ -157,7 +160,7 @@ def test_silence_emits_nothing(make_pipeline, tmp_path):
     wav = media.make_silence_wav(tmp_path / "silence.wav", duration_s=4.0)
     pipe = make_pipeline(face=False)
     got = []
-    pipe.on_prediction(got.append)
+    pipe.on_prediction(lambda p: got.append(p.to_dict()))
     assert replay(pipe, wav) == EXIT_OK
     pipe.close()
     assert got == [] and pipe.stats["utterances"] == 0
@@ -179,7 +182,7 @@ def _failing_source(fail_at_s: float, error: type[BaseException]):
     return FailingSource
 
 
-@pytest.mark.parametrize("error, code", [("DeviceError", EXIT_DEVICE_ERROR), ("KeyboardInterrupt", EXIT_OK)])
+@pytest.mark.parametrize("error, code", [("DeviceError", EXIT_ENVIRONMENT), ("KeyboardInterrupt", EXIT_OK)])
 def test_device_error_or_ctrl_c_mid_utterance_flushes_it(make_pipeline, conversation, error, code):
     from mmer.realtime import sources
 
@@ -189,7 +192,7 @@ def test_device_error_or_ctrl_c_mid_utterance_flushes_it(make_pipeline, conversa
     pipe = make_pipeline(face=False)
     assert replay(pipe, wav, _failing_source(fail_at_s, exc)) == code
     pipe.close()
-    got = list(pipe.predictions)
+    got = [p.to_dict() for p in pipe.predictions]
     assert [p["utterance_id"] for p in got] == [0, 1]
     assert abs(got[1]["start_s"] - bounds[1][0]) <= START_TOL_S and got[1]["end_s"] <= fail_at_s + 0.05
 
@@ -199,7 +202,7 @@ def test_push_api_and_clean_shutdown(make_pipeline, conversation):
     audio, rate = media.read_wav(wav)
     pipe = make_pipeline(face=False)
     got = []
-    pipe.on_prediction(got.append)
+    pipe.on_prediction(lambda p: got.append(p.to_dict()))
     pipe.push_text(0, TURNS[0])
     block = rate // 50  # 20 ms pushes, as a host's own audio callback would
     for start in range(0, len(audio), block):
@@ -253,7 +256,7 @@ def test_websocket_broadcasts_and_accepts_host_messages(make_pipeline, conversat
     assert prediction["text"] == TURNS[0] and "text" in prediction["modalities"]
     assert pipe.context.turns()[0].text == "Tell me about your day."
     assert server.stats["received"] >= 4 and server.stats["rejected"] == 2
-    assert server._thread is None  # joined by close()
+    assert server.thread is None  # joined by close()
 
 
 def test_faster_whisper_fills_the_words(make_pipeline, tmp_path):
@@ -264,33 +267,40 @@ def test_faster_whisper_fills_the_words(make_pipeline, tmp_path):
     pipe = make_pipeline(make_config(asr=AsrConfig(backend="faster-whisper")), face=False)
     assert replay(pipe, wav) == EXIT_OK
     pipe.close()
-    [p] = pipe.predictions
+    [p] = [q.to_dict() for q in pipe.predictions]
     check_schema(p)
     assert "how are you" in p["text"].lower() and "text" in p["modalities"]
     assert p["latency_ms"]["asr"] > 0 and p["latency_ms"]["end_of_speech_to_emit"] >= p["latency_ms"]["asr"]
 
 
 def test_device_error_reconnects_when_configured(make_pipeline, conversation, tmp_path):
+    from mmer.realtime.reading import ReconnectingSource
     from mmer.realtime.sources import DeviceError, FileSource
 
     wav, _, _, bounds = conversation
     again = tmp_path / "again.wav"
     media.make_conversation_wav(again, ["Are you still there?"])
-    sources = dataclasses.replace(LiveConfig().sources, reconnect=True, reconnect_attempts=2, reconnect_wait_s=0.0)
-    pipe = make_pipeline(make_config(sources=sources), face=False)
-    reopened = []
+    pipe = make_pipeline(face=False)
+    opened = []
 
-    def reopen():
-        reopened.append(FileSource(again, realtime=False).open())
-        if len(reopened) == 1:  # the first attempt finds no device yet
-            reopened[0].close()
+    def open_source():
+        if not opened:  # the device as first opened: it fails one second into the second turn
+            opened.append(_failing_source(bounds[1][0] + 1.0, DeviceError)(wav, realtime=False).open())
+        elif len(opened) == 1:  # the first attempt to reopen finds no device yet
+            opened.append(None)
             raise DeviceError("microphone 'test' not found")
-        return reopened[-1], None
+        else:
+            opened.append(FileSource(again, realtime=False).open())
+        return opened[-1]
 
-    source = _failing_source(bounds[1][0] + 1.0, DeviceError)(wav, realtime=False).open()
-    assert pipe.run(source, reopen=reopen) == EXIT_OK
+    source = ReconnectingSource(open_source, attempts=2, wait_s=0.0)
+    assert pipe.run(source) == EXIT_OK
+    source.close()
     pipe.close()
-    assert len(reopened) == 2 and [p["utterance_id"] for p in pipe.predictions] == [0, 1, 2]
+    assert len(opened) == 3 and source.reconnects == 1
+    got = list(pipe.predictions)
+    assert [p.utterance_id for p in got] == [0, 1, 2]
+    assert got[1].end_s <= bounds[1][0] + 1.05 and got[1].end_s <= got[2].start_s  # the clock goes on
 
 
 def test_overlay_renders_headless_and_json_sink(tmp_path):
@@ -315,3 +325,74 @@ def test_overlay_renders_headless_and_json_sink(tmp_path):
     sink.emit({"value": np.float32(0.5), "ids": np.arange(2)})
     sink.close()
     assert json.loads(path.read_text()) == {"value": 0.5, "ids": [0, 1]}
+
+
+def test_a_raising_callback_is_isolated(make_pipeline, conversation, tmp_path, caplog):
+    # Issue #12: a raising on_prediction starved every output after it (0 of 45 delivered) and
+    # one in on_event escaped run() and hung close(). Now each output is isolated and counted.
+    wav, _, _, bounds = conversation
+    out = tmp_path / "out.jsonl"
+    pipe = make_pipeline(make_config(outputs=OutputConfig(json=str(out))), face=False)
+
+    def broken(frame):
+        raise RuntimeError("host bug")
+
+    pipe.on_prediction(broken)
+    pipe.on_event(broken)
+    got = []
+    pipe.on_prediction(lambda p: got.append(p))
+    with caplog.at_level("ERROR"):
+        assert replay(pipe, wav) == EXIT_OK
+    t0 = time.perf_counter()
+    pipe.close()
+    assert time.perf_counter() - t0 < 5
+    assert len(got) == len(bounds) == len(out.read_text().splitlines())
+    assert pipe.stats["predictions"] == len(bounds) and pipe.stats["errors"] == 0
+    events_per_utterance = 3  # vad start, vad end, utterance
+    assert pipe.outputs.callback_errors == len(bounds) * (1 + events_per_utterance)
+    assert "broken" in caplog.text and "host bug" in caplog.text
+    assert f"callback_errors={pipe.outputs.callback_errors}" in pipe.stats_line()
+
+
+def test_push_audio_downmixes_stereo_and_refuses_time_going_back(make_pipeline, conversation):
+    from mmer.errors import UsageError
+
+    wav, _, _, bounds = conversation
+    audio, rate = media.read_wav(wav)
+    results = []
+    for layout in ("mono", "frames_by_channels", "channels_by_frames"):
+        pipe = make_pipeline(face=False)
+        block = rate // 50
+        for start in range(0, len(audio), block):
+            piece = audio[start:start + block]
+            if layout != "mono":
+                piece = np.stack([piece, piece], axis=1 if layout == "frames_by_channels" else 0)
+            pipe.push_audio(piece, start / rate)
+        pipe.flush()
+        results.append([(p.start_s, p.end_s) for p in pipe.predictions])
+        if layout == "mono":
+            with pytest.raises(UsageError, match="backwards"):
+                pipe.push_audio(audio[:block], 0.0)
+            pipe.reset()  # a new stream may start at 0 again
+            pipe.push_audio(audio[:block], 0.0)
+        pipe.close()
+    assert len(results[0]) == len(bounds) and results[0] == results[1] == results[2]
+
+
+def test_flush_and_close_have_deadlines_when_the_predictor_hangs(tiny_teacher, tiny_voice, conversation):  # noqa: F811
+    wav, _, _, _ = conversation
+    release = threading.Event()
+
+    class Stuck(Predictor):
+        def predict(self, utterance, turns=None, face=None):
+            release.wait(30)
+            return super().predict(utterance, turns, face)
+
+    pipe = build_pipeline(make_config(), predictor=Stuck(tiny_teacher, tiny_voice), face_model=None)
+    audio, rate = media.read_wav(wav)
+    pipe.push_audio(audio, 0.0)
+    t0 = time.perf_counter()
+    assert pipe.flush(timeout_s=0.5) is False and pipe.pending >= 1
+    pipe.close(timeout_s=0.5)
+    assert time.perf_counter() - t0 < 5 and pipe.stats["flush_timeouts"] >= 1
+    release.set()

@@ -15,6 +15,7 @@ import torch
 
 from mmer.dialogue import Turn
 from mmer.labels import get_label_set
+from mmer.media import SAMPLE_RATE_HZ
 from mmer.realtime.face_path import FacePath, pool_observations
 from mmer.realtime.frames import Utterance, VideoFrame
 from mmer.realtime.predictor import (CIRCUMPLEX_DEG, ROS4HRI_EXPRESSION, Predictor, load_model, valence_arousal)
@@ -22,7 +23,6 @@ from tests.realtime.test_face_path import astronaut_frame, face_model  # noqa: F
 
 KD = 24  # distillation width of every tiny model (divisible by ASF's 3 heads)
 MELD7 = get_label_set("meld7").labels
-SAMPLE_RATE_HZ = 16_000
 
 
 @pytest.fixture(scope="session")

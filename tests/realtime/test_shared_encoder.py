@@ -158,9 +158,11 @@ def test_a_loop_is_decoded_again_padded(shared, separate, long_sentence, monkeyp
 @needs_espeak
 def test_worker_hands_the_states_on(shared, long_sentence):
     utterance = Utterance(id=0, start_s=0.0, end_s=len(long_sentence) / media.SAMPLE_RATE_HZ, audio=long_sentence)
-    with AsrWorker(shared) as worker:
+    handed_on = []
+    with AsrWorker(shared, forward=handed_on.append) as worker:
         worker.submit(utterance)
-        (done,) = worker.flush(timeout_s=60)
+        assert worker.flush(timeout_s=60)
+    (done,) = handed_on
     assert done.text and "kitchen" in done.text.lower()
     assert done.encoder_hidden is not None and len(done.encoder_hidden) == 4
     assert done.encoder_hidden[1].shape == (1, shared.encode(long_sentence)[0][1].shape[1], 384)

@@ -1,18 +1,26 @@
 """Sources: file replay (fast and real-time pacing, wav and mp4), clear errors for bad files,
-and the device error path of microphone and camera on a machine without devices."""
+the device error path of microphone and camera on a machine without devices, and the
+microphone's capture path driven through a fake PortAudio (a 44.1 kHz stereo USB device), which
+must produce the numbers training decodes from the same samples."""
 
 from __future__ import annotations
 
 import itertools
+import subprocess
 import time
+import wave
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from mmer import media as mmer_media
 from mmer.extras import MissingExtra
+from mmer.realtime import sources
 from mmer.realtime.frames import AudioChunk, VideoFrame
 from mmer.realtime.sources import (CAMERA_FIRST_FRAME_TIMEOUT_S, LIST_DEVICES_HINT, CameraSource, DeviceError,
-                                   FileSource, MediaFileError, MicrophoneSource, _Decimator, list_devices)
+                                   FileSource, MediaFileError, MicrophoneSource, SourceError, list_devices)
+from mmer.training import media as training_media
 from tests.realtime import media
 
 needs_media = pytest.mark.skipif(bool(media.missing_tools()), reason=f"needs {media.missing_tools()} for test media")
@@ -170,14 +178,180 @@ def test_list_devices_reports_without_raising():
     assert text.count("\n") >= 3
 
 
-def test_decimator_keeps_speech_band_and_rejects_alias():
-    # 48 kHz capture -> 16 kHz, as used for microphones that refuse 16 kHz.
-    rate_in = 48_000
-    t = np.arange(rate_in) / rate_in
-    dec = _Decimator(3)
-    for freq_hz, expected_gain in ((1000, 1.0), (12_000, 0.0)):  # 12 kHz would alias to 4 kHz
-        x = np.round(10_000 * np.sin(2 * np.pi * freq_hz * t)).astype(np.int16)
-        y = np.concatenate([dec.process(x[i:i + 1440]) for i in range(0, len(x), 1440)])  # 30 ms blocks
-        assert len(y) == len(x) // 3
+def test_error_kinds():
+    assert issubclass(DeviceError, SourceError) and DeviceError("x").exit_code == 4   # environment
+    assert SourceError("x").exit_code == 2 and issubclass(SourceError, RuntimeError)
+    assert MediaFileError is mmer_media.MediaError and MediaFileError("x").exit_code == 2
+
+
+# -- broken files ------------------------------------------------------------------------------
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, capture_output=True)
+
+
+@needs_media
+def test_file_source_truncated_mp4_fails_at_open_naming_it(tmp_path):
+    whole = tmp_path / "whole.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:d=10", "-f", "lavfi", "-i", "sine=f=440:d=10",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart",
+            str(whole))
+    cut = tmp_path / "half_copied.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(MediaFileError, match=r"half_copied\.mp4: truncated or corrupt at \d+\.\d s of 10\.0 s"):
+        FileSource(cut).open()
+
+
+@needs_media
+def test_file_source_without_audio_says_why(tmp_path):
+    film = tmp_path / "no_sound.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=10:d=1", "-c:v", "libx264", "-preset", "ultrafast",
+            "-pix_fmt", "yuv420p", str(film))
+    with pytest.raises(MediaFileError, match=r"no_sound\.mp4: no audio stream; mmer needs the speech"):
+        FileSource(film).open()
+
+
+def test_file_source_empty_and_text_files_name_them(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "readme.wav"
+    text.write_text("not audio at all\n" * 10)
+    for path in (empty, text):
+        with pytest.raises(MediaFileError, match=path.name):
+            FileSource(path).open()
+
+
+# -- camera targets ----------------------------------------------------------------------------
+def test_camera_missing_path_names_it_without_waiting():
+    t0 = time.perf_counter()
+    with pytest.raises(DeviceError, match="camera '/nonexistent': no such device or file.*mmer-live --list-devices"):
+        CameraSource("/nonexistent").open()
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_camera_target_forms():
+    assert CameraSource("2").index == 2 and CameraSource(1).index == 1
+    assert CameraSource("/dev/video2").index == "/dev/video2"
+    assert CameraSource("rtsp://10.0.0.5/stream").index == "rtsp://10.0.0.5/stream"
+    pipeline = "v4l2src device=/dev/video0 ! videoconvert ! appsink"
+    assert CameraSource(pipeline).index == pipeline
+    with pytest.raises(DeviceError, match="camera ''"):
+        CameraSource("")
+
+
+# -- microphone through a fake PortAudio ---------------------------------------------------------
+class FakeStream:
+    """What sounddevice.InputStream would be; ``feed`` plays PortAudio calling the callback."""
+
+    def __init__(self, samplerate, blocksize, device, channels, dtype, callback, finished_callback):
+        self.samplerate, self.blocksize, self.channels, self.dtype = samplerate, blocksize, channels, dtype
+        self.callback, self.active = callback, False
+
+    def start(self):
+        self.active = True
+
+    def abort(self):
+        self.active = False
+
+    def close(self):
+        self.active = False
+
+    def feed(self, block: np.ndarray) -> None:
+        self.callback(block, len(block), None, SimpleNamespace(input_overflow=False))
+
+
+class FakeSoundDevice:
+    """A PortAudio with one input device that accepts only ``rates_hz`` x ``channels``."""
+
+    class PortAudioError(Exception):
+        pass
+
+    def __init__(self, rates_hz=(44_100,), channels=(2,), default_hz=44_100, name="USB Audio CODEC"):
+        self.rates_hz, self.channels, self.default_hz, self.name = rates_hz, channels, default_hz, name
+        self.stream: FakeStream | None = None
+
+    def query_devices(self, device=None, kind=None):
+        return {"name": self.name, "default_samplerate": float(self.default_hz), "max_input_channels": 2}
+
+    def check_input_settings(self, device=None, channels=None, dtype=None, samplerate=None):
+        if samplerate not in self.rates_hz or channels not in self.channels:
+            raise self.PortAudioError(f"Invalid sample rate or channel count ({samplerate} Hz, {channels} ch)")
+
+    def InputStream(self, **kwargs):  # noqa: N802  (sounddevice's name)
+        self.stream = FakeStream(**kwargs)
+        return self.stream
+
+
+def _capture(monkeypatch, device: FakeSoundDevice, samples: np.ndarray) -> tuple[MicrophoneSource, list[AudioChunk]]:
+    """Open a MicrophoneSource on ``device`` and feed ``samples`` (n, ch) int16 in 30 ms blocks."""
+    monkeypatch.setattr(sources, "_sounddevice", lambda: device)
+    mic = MicrophoneSource().open()
+    block = device.stream.blocksize
+    chunks = []
+    for i in range(0, len(samples), block):
+        device.stream.feed(samples[i:i + block])
+        while (chunk := mic.read(timeout_s=0)) is not None:
+            chunks.append(chunk)
+    mic.close()
+    return mic, chunks
+
+
+def _stereo_tone(rate_hz: int, seconds: float, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    left = 0.5 * np.sin(2 * np.pi * hz * t)
+    return np.round(np.stack([left, 0.6 * left], axis=1) * 32767).astype(np.int16)
+
+
+def test_44k1_stereo_microphone_training_and_replay_hear_the_same(monkeypatch, tmp_path):
+    # A USB / macOS device that only does 44.1 kHz stereo: refused before, now opened and resampled.
+    tone = _stereo_tone(44_100, 1.0)
+    mic, chunks = _capture(monkeypatch, FakeSoundDevice(), tone)
+    assert (mic.capture_rate_hz, mic.capture_channels) == (44_100, 2)
+    assert mic.device_name == "'USB Audio CODEC'"
+    assert all(c.sample_rate_hz == SR and c.samples.dtype == np.int16 for c in chunks)
+    assert all(b.start_s == pytest.approx(a.end_s) for a, b in itertools.pairwise(chunks))
+    heard = np.concatenate([c.samples for c in chunks]).astype(np.float32) / 32768
+    wav = tmp_path / "tone_44k1_stereo.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44_100)
+        w.writeframes(tone.tobytes())
+    trained = training_media.decode_audio(wav)        # what a training clip decodes to
+    with FileSource(wav) as src:                      # what mmer-predict replays
+        replayed = np.concatenate([c.samples for c in iter(src.read, None)]).astype(np.float32) / 32768
+    assert len(trained) == len(replayed) == SR
+    assert SR - len(heard) < 0.03 * SR  # a live stream never flushes: the filter's ~22 ms (soxr HQ) stay inside
+    peak = np.abs(trained).max()
+    n = len(heard)
+    assert np.abs(replayed - trained).max() < 1e-3 * peak
+    assert np.abs(heard - trained[:n]).max() < 1e-3 * peak
+
+
+def test_16k_mono_microphone_passes_samples_through(monkeypatch):
+    device = FakeSoundDevice(rates_hz=(16_000, 48_000), channels=(1, 2), default_hz=48_000)
+    x = np.arange(-4800, 4800, dtype=np.int16).reshape(-1, 1)
+    mic, chunks = _capture(monkeypatch, device, x)
+    assert (mic.capture_rate_hz, mic.capture_channels) == (16_000, 1)
+    assert all(len(c.samples) == 480 for c in chunks)
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), x[:, 0])
+
+
+def test_48k_microphone_keeps_speech_band_and_rejects_alias(monkeypatch):
+    # 12 kHz captured at 48 kHz would alias to 4 kHz at 16 kHz without the anti-alias filter.
+    rate = 48_000
+    t = np.arange(rate) / rate
+    for freq_hz, expected_gain in ((1000, 1.0), (12_000, 0.0)):
+        x = np.round(10_000 * np.sin(2 * np.pi * freq_hz * t)).astype(np.int16).reshape(-1, 1)
+        mic, chunks = _capture(monkeypatch, FakeSoundDevice(rates_hz=(rate,), channels=(1,), default_hz=rate), x)
+        y = np.concatenate([c.samples for c in chunks])
+        assert mic.capture_rate_hz == rate and 0 <= len(x) // 3 - len(y) < 0.03 * SR  # less the filter delay
         gain = np.abs(y[200:-200]).max() / 10_000
         assert gain == pytest.approx(expected_gain, abs=0.05), freq_hz
+
+
+def test_microphone_accepting_nothing_usable_names_the_rates(monkeypatch):
+    device = FakeSoundDevice(rates_hz=(96_000,), channels=(1,), default_hz=96_000)
+    device.check_input_settings = lambda **kw: (_ for _ in ()).throw(device.PortAudioError("refused"))
+    monkeypatch.setattr(sources, "_sounddevice", lambda: device)
+    with pytest.raises(DeviceError, match=r"accepts none of \[16000, 96000, 48000, 44100\] Hz.*--list-devices"):
+        MicrophoneSource().open()
