@@ -3,7 +3,8 @@
     detector = FaceDetector()
     boxes = detector.detect(frame_bgr)            # [FaceBox(x, y, w, h), ...] in frame pixels
     crop = crop_face(frame_bgr, largest_face(boxes))   # (64, 64) float32 gray in [0, 1]
-    box, probs = FaceExpressionModel()(frame_bgr)  # probs over fer2013, or (None, None)
+    reading = FaceExpressionModel().observe(frame_bgr)  # FaceReading(box, probs, feature); Nones: no face
+    box, probs = FaceExpressionModel()(frame_bgr)  # the same as a pair: probs over fer2013, or (None, None)
     tracker = FaceTracker(); box = tracker.update(frame_bgr)   # video: cheap search near the last face
 
 Detection runs OpenCV's frontal-face Haar cascade (opencv < 5 ships it) on a copy of the frame
@@ -13,16 +14,22 @@ gives ``None``: the face path never guesses.
 Crops follow fer's recipe in spirit: the box is made square, grown by a margin on every side
 (fer adds 10 px to a ~100 px face), replicated at the frame border, converted to gray with
 cv2's BT.601 weights and resized to the model's input side.
+
+:meth:`FaceExpressionModel.observe` is the one place a frame becomes a reading: detection (or
+tracking, per ``track``), the crop and the student's runtime. The live camera path
+(mmer.realtime.face_path) only schedules frames and pools the readings.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from mmer.errors import UsageError
 from mmer.extras import require
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -43,6 +50,11 @@ TRACK_SCALE_FACTOR = 1.1  # the search window is small, so a finer pyramid costs
 REDETECT_EVERY_FRAMES = 15  # 0.5 s at 30 fps
 CROP_MARGIN_FRAC = 0.1  # margin added on each side of the squared box, fraction of its side
 MAX_PIXEL_VALUE = 255.0  # uint8 frames
+
+# Which face a stream of frames reads. "largest": a full-frame detection per frame, the largest
+# face. "follow": FaceTracker(follow=True), staying on the followed face when a bigger one walks past.
+TrackMode = Literal["largest", "follow"]
+TRACK_MODES: tuple[str, ...] = ("largest", "follow")
 
 
 class FaceBox(NamedTuple):
@@ -128,28 +140,39 @@ class FaceDetector:
 
 
 class FaceTracker:
-    """The largest face of a video, frame after frame, for a fraction of full detection's cost.
+    """The face of a video, frame after frame, for a fraction of full detection's cost.
 
     Once a face is found, the next frames search only a window around it (``search_frac`` of
     its side added on every side) for faces of a similar size; a full-frame detection runs
-    when the face is lost and every ``redetect_every`` frames (so a nearer person is noticed).
-    Every returned box is a fresh detection in the current frame, never a carried-over guess.
+    when the face is lost and every ``redetect_every`` frames. A full detection takes the
+    largest face (so a nearer person is noticed), or with ``follow`` the face overlapping the
+    followed one (so a bigger face walking past does not take over; the largest when none
+    overlaps). Every returned box is a fresh detection in the current frame, never a
+    carried-over guess.
+
+    State: ``last`` (this frame's face, None when lost), ``followed`` (the last face found,
+    kept through a loss so ``follow`` can pick it up again) and ``frames_since_full``.
     """
 
     def __init__(self, detector: FaceDetector | None = None, search_frac: float = TRACK_SEARCH_FRAC,
-                 redetect_every: int = REDETECT_EVERY_FRAMES) -> None:
+                 redetect_every: int = REDETECT_EVERY_FRAMES, follow: bool = False) -> None:
         self.detector = detector or FaceDetector()
         self.search_frac = search_frac
         self.redetect_every = redetect_every
+        self.follow = follow
         self.reset()
 
     def reset(self) -> None:
         """Forget the tracked face (new video or camera)."""
         self.last: FaceBox | None = None
+        self.followed: FaceBox | None = None
         self.frames_since_full = 0
 
-    def update(self, frame: np.ndarray, bgr: bool = True) -> FaceBox | None:
-        """frame: (H, W, 3) or (H, W) uint8. Returns this frame's largest face, or None."""
+    def update(self, frame: np.ndarray, bgr: bool = True, follow: bool | None = None) -> FaceBox | None:
+        """frame: (H, W, 3) or (H, W) uint8. Returns this frame's face, or None.
+
+        follow: this frame's choice at a full detection; None: the tracker's ``follow``.
+        """
         box = None
         if self.last is not None and self.frames_since_full < self.redetect_every:
             side = max(self.last.w, self.last.h)
@@ -160,9 +183,15 @@ class FaceTracker:
                                                    scale_factor=TRACK_SCALE_FACTOR))
             self.frames_since_full += 1
         if box is None:
-            box = largest_face(self.detector.detect(frame, bgr))
+            boxes = self.detector.detect(frame, bgr)
+            if self.follow if follow is None else follow:
+                box = overlapping_face(boxes, self.followed)
+            if box is None:
+                box = largest_face(boxes)
             self.frames_since_full = 0
         self.last = box
+        if box is not None:
+            self.followed = box
         return box
 
 
@@ -171,6 +200,25 @@ def largest_face(boxes: Sequence[Sequence[int]]) -> FaceBox | None:
     if len(boxes) == 0:
         return None
     return FaceBox(*max(boxes, key=lambda b: int(b[2]) * int(b[3])))
+
+
+def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes; 0 when they do not overlap."""
+    ax, ay, aw, ah = (int(v) for v in a)
+    bx, by, bw, bh = (int(v) for v in b)
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = w * h
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def overlapping_face(boxes: Sequence[Sequence[int]], followed: Sequence[int] | None) -> FaceBox | None:
+    """The box overlapping ``followed`` most, or ``None`` when none overlaps it (or no ``followed``)."""
+    if followed is None or len(boxes) == 0:
+        return None
+    best = max(boxes, key=lambda b: box_iou(b, followed))
+    return FaceBox(*(int(v) for v in best)) if box_iou(best, followed) > 0 else None
 
 
 def crop_face(frame: np.ndarray, box: Sequence[int], size: int = FER_CROP_PX, gray: bool = True,
@@ -203,47 +251,89 @@ def crop_face(frame: np.ndarray, box: Sequence[int], size: int = FER_CROP_PX, gr
     return patch.astype(np.float32) / MAX_PIXEL_VALUE
 
 
+def _check_track(track: bool | str) -> bool | str:
+    if not isinstance(track, bool) and track not in TRACK_MODES:
+        raise UsageError(f"track must be True, False or one of {TRACK_MODES}, got {track!r}")
+    return track
+
+
+@dataclass(frozen=True)
+class FaceReading:
+    """What one frame shows: the face read and the student's outputs on its crop.
+
+    box:     the face in frame pixels, or None when the frame shows none (then the rest is None).
+    probs:   (C,) float32 over the model's ``labels``.
+    feature: (D,) float32, the student's ``"visual"`` feature (what fusion pools).
+    """
+
+    box: FaceBox | None
+    probs: np.ndarray | None = None
+    feature: np.ndarray | None = None
+
+
+NO_FACE = FaceReading(None)
+
+
 class FaceExpressionModel:
-    """One BGR frame -> (largest face box, expression probabilities), or (None, None).
+    """One BGR frame -> a :class:`FaceReading` (face box, expression probabilities, feature).
 
     model:    a served edge visual student (:class:`mmer.serving.Served`), the torch model itself,
               a checkpoint or export folder, or the name of an embedded default (``"default-face"``:
               fer's FER2013 mini-XCEPTION). Names and folders are served with ``runtime``.
-    track:    for consecutive frames of one video: follow the face with a :class:`FaceTracker`
-              (call :meth:`reset` between videos) instead of a full detection per frame.
-    Probabilities follow ``self.labels`` (fer2013 for the default).
+    track:    which face consecutive frames read, unless :meth:`observe` is told otherwise:
+              False or ``"largest"``: a full detection per frame, the largest face; True: a
+              :class:`FaceTracker` (cheap search near the last face, the largest face at each
+              full detection); ``"follow"``: the tracker staying on the followed face. Call
+              :meth:`reset` between videos.
+    Probabilities follow ``self.labels`` (the label set ``self.label_set``; fer2013 for the default).
     """
 
     def __init__(self, model: object = "default-face", detector: FaceDetector | None = None,
-                 track: bool = False, device: str = "cpu", runtime: str = "torch") -> None:
+                 track: bool | TrackMode = False, device: str = "cpu", runtime: str = "torch") -> None:
         from mmer.labels import get_label_set
         from mmer.serving import Served, serve
 
+        _check_track(track)
         self.model = model if isinstance(model, Served) else serve(model, "torch" if isinstance(model, torch.nn.Module)
                                                                    else runtime, device=device)
         if self.model.modality != "visual" or getattr(self.model.dims, "family", None) != "edge":
-            raise ValueError("FaceExpressionModel runs an edge visual student (one face crop per frame)")
+            raise UsageError("FaceExpressionModel runs an edge visual student (one face crop per frame)")
         self.detector = detector or FaceDetector()
-        self.tracker = FaceTracker(self.detector) if track else None
-        self.labels = get_label_set(self.model.label_set).labels
+        self.track = track
+        self.tracker = FaceTracker(self.detector)
+        self.label_set: str = self.model.label_set
+        self.labels: tuple[str, ...] = tuple(get_label_set(self.label_set).labels)
         self.crop_px = self.model.dims.image_size
         self.device = torch.device(device)
 
     def reset(self) -> None:
-        """Forget the tracked face (only matters with ``track=True``)."""
-        if self.tracker is not None:
-            self.tracker.reset()
+        """Forget the tracked face (a new video, camera or user)."""
+        self.tracker.reset()
 
     def predict_crop(self, crop: np.ndarray) -> np.ndarray:
         """(S, S) gray face crop in [0, 1] -> (C,) float32 probabilities (through the model's runtime)."""
         return self.model.predict(crop)["probs"][0]
 
+    def find_face(self, frame_bgr: np.ndarray, track: bool | TrackMode | None = None) -> FaceBox | None:
+        """The face this frame reads, per ``track`` (None: the model's ``track``), or None."""
+        mode = self.track if track is None else _check_track(track)
+        if mode is False or mode == "largest":
+            return largest_face(self.detector.detect(frame_bgr, bgr=True))
+        return self.tracker.update(frame_bgr, bgr=True, follow=mode == "follow")
+
+    def observe(self, frame_bgr: np.ndarray, track: bool | TrackMode | None = None) -> FaceReading:
+        """frame_bgr: (H, W, 3) uint8 as cv2 gives -> this frame's :class:`FaceReading`.
+
+        Detection or tracking (``track`` as in the constructor; None: the model's), the square
+        gray crop, then one call of the student's runtime. No face gives ``FaceReading(None)``.
+        """
+        box = self.find_face(frame_bgr, track)
+        if box is None:
+            return NO_FACE
+        out = self.model.predict(crop_face(frame_bgr, box, size=self.crop_px, gray=True, bgr=True))
+        return FaceReading(box, out["probs"][0], out["feature"][0])
+
     def __call__(self, frame_bgr: np.ndarray) -> tuple[FaceBox | None, np.ndarray | None]:
         """frame_bgr: (H, W, 3) uint8 as cv2 gives. Returns (box, (C,) probs) or (None, None)."""
-        if self.tracker is not None:
-            box = self.tracker.update(frame_bgr, bgr=True)
-        else:
-            box = largest_face(self.detector.detect(frame_bgr, bgr=True))
-        if box is None:
-            return None, None
-        return box, self.predict_crop(crop_face(frame_bgr, box, size=self.crop_px, gray=True, bgr=True))
+        reading = self.observe(frame_bgr)
+        return reading.box, reading.probs

@@ -503,7 +503,8 @@ def _predict(args: argparse.Namespace) -> int:
                     counted["files_failed"] += 1
                     if pipeline is not None:
                         counted["predictions"] += pipeline.stats["predictions"] - before
-                    _err(f"{f}: {e}; skipped", PREDICT_PROG)
+                    said = str(e)
+                    _err(f"{said if said.startswith(str(f)) else f'{f}: {said}'}; skipped", PREDICT_PROG)
     finally:
         if pipeline is not None:
             pipeline.close(timeout_s=5.0)

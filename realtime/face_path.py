@@ -14,6 +14,13 @@ behind by at most one frame and never by a growing queue. Frames closer together
 For file replay as fast as possible, ``block_when_behind=True`` makes ``push`` wait for the slot
 instead of dropping, so a replay is deterministic.
 
+Every pushed frame is in exactly one counter of :attr:`FacePath.stats`: skipped (rate cap),
+dropped (lost its place in the slot, or still there at ``close``), pending (in the slot or being
+read now), processed, or failed (the face model raised on it). After ``flush`` nothing is pending.
+
+Reading a frame (detection, tracking, crop, the student) is the face model's job:
+:meth:`mmer.face.FaceExpressionModel.observe`. This module schedules frames and pools readings.
+
 No face in a frame gives an observation with ``box = probs = None``; an utterance whose window
 holds no face has no visual modality. It is never guessed.
 """
@@ -28,11 +35,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from mmer.errors import UsageError
 from mmer.realtime.frames import FaceObservation, VideoFrame
+
+if TYPE_CHECKING:
+    from mmer.face import FaceExpressionModel, TrackMode
 
 DEFAULT_MAX_FPS = 30.0        # a 30 fps camera leaves 33 ms per frame (REFERENCE.md section 4)
 DEFAULT_HISTORY_S = 30.0      # longer than any utterance (the segmenter cuts at 15 s) plus slack
@@ -46,7 +57,6 @@ DEFAULT_NICE = 10                 # the face worker's scheduling step below the 
 log = logging.getLogger(__name__)
 PROB_FLOOR = 1e-8             # probabilities are clamped here before a log
 TIME_EPS_S = 1e-6             # frames this close to a window edge count as inside it
-REDETECT_NOW = 1 << 30        # "frames since the last full detection" that forces one
 
 
 @dataclass(frozen=True)
@@ -83,23 +93,13 @@ def pool_observations(observations: Sequence[FaceObservation]) -> FaceEvidence |
     return FaceEvidence(probs, feature, len(faces), len(observations), faces[-1].box)
 
 
-def _iou(a: Sequence[int], b: Sequence[int]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = w * h
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
-
-
 class FacePath:
     """Face detection + expression per camera frame in a worker thread, with a bounded history.
 
     Args:
-        face_model: a :class:`mmer.face.FaceExpressionModel` (its detector and edge student are
-            used directly, so every observation also carries the student's ``"visual"``
-            feature for ASF), or any callable ``frame_bgr -> (box, probs)``.
+        face_model: a :class:`mmer.face.FaceExpressionModel`; its ``observe`` reads each frame
+            (box, probabilities over ``labels`` and the student's ``"visual"`` feature for ASF)
+            and keeps the tracked face, which ``reset`` (and a new FacePath) forgets.
         max_fps: process at most this many frames per second of stream time.
         history_s: how far back observations are kept.
         block_when_behind: ``push`` waits for the slot instead of dropping (file replay).
@@ -108,19 +108,22 @@ class FacePath:
             so the per-utterance prediction gets the cores first; 0 leaves it alone.
         track: "largest": a full-frame detection per frame, the largest face; "follow": a cheap
             search around the followed face, staying on it when a bigger face walks past (the
-            largest face when there is none yet or it was lost). See :meth:`_find_face`.
+            largest face when there is none yet or it was lost). See :class:`mmer.face.FaceTracker`.
     """
 
-    def __init__(self, face_model: Any, max_fps: float = DEFAULT_MAX_FPS, history_s: float = DEFAULT_HISTORY_S,
-                 block_when_behind: bool = False, track: Literal["largest", "follow"] = "largest",
+    def __init__(self, face_model: FaceExpressionModel, max_fps: float = DEFAULT_MAX_FPS,
+                 history_s: float = DEFAULT_HISTORY_S, block_when_behind: bool = False, track: TrackMode = "largest",
                  torch_threads: int = DEFAULT_TORCH_THREADS, nice: int = DEFAULT_NICE) -> None:
+        from mmer.face import TRACK_MODES  # already imported with the model: no cost
+
         if max_fps <= 0 or history_s <= 0:
-            raise ValueError(f"max_fps and history_s must be > 0, got {max_fps}, {history_s}")
-        if track not in ("largest", "follow"):
-            raise ValueError(f"track must be 'largest' or 'follow', got {track!r}")
+            raise UsageError(f"max_fps and history_s must be > 0, got {max_fps}, {history_s}")
+        if track not in TRACK_MODES:
+            raise UsageError(f"track must be one of {TRACK_MODES}, got {track!r}")
         self.face_model = face_model
-        self.labels: tuple[str, ...] = tuple(getattr(face_model, "labels", ()))
-        self.label_set: str | None = getattr(getattr(face_model, "model", None), "label_set", None)
+        self.labels: tuple[str, ...] = tuple(face_model.labels)
+        self.label_set: str | None = face_model.label_set
+        face_model.reset()  # a new path follows no face yet
         self.max_fps, self.history_s = max_fps, history_s
         self.block_when_behind, self.track, self.torch_threads = block_when_behind, track, torch_threads
         self.nice = nice
@@ -132,15 +135,14 @@ class FacePath:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._last_box: tuple[int, int, int, int] | None = None
-        self._since_full = REDETECT_NOW  # frames since the last full-frame detection ("follow")
         self._last_accepted_s: float | None = None
         self._done_until_s = -math.inf
         self._process_wall_s: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)
         self.frame_ms: deque[float] = deque(maxlen=FRAME_TIMES_KEPT)  # detection + expression, per frame
         self.latest_frame: VideoFrame | None = None
+        # frames_in == frames_skipped + frames_dropped + frames_pending + frames_processed + frames_failed
         self.stats = {"frames_in": 0, "frames_processed": 0, "frames_dropped": 0, "frames_skipped": 0,
-                      "faces_found": 0}
+                      "frames_pending": 0, "frames_failed": 0, "faces_found": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "FacePath":
@@ -152,13 +154,18 @@ class FacePath:
         return self
 
     def close(self) -> None:
-        """Stop and join the worker thread; a frame still in the slot is discarded."""
+        """Stop and join the worker thread; a frame still in the slot is discarded (counted as dropped)."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(STOP_TIMEOUT_S)
             self._thread = None
+        with self._cond:
+            if self._slot is not None:
+                self._slot = None
+                self._count_dropped()
+            self._cond.notify_all()
 
     @property
     def running(self) -> bool:
@@ -182,9 +189,10 @@ class FacePath:
             if self.block_when_behind:
                 self._cond.wait_for(lambda: self._slot is None or self._stop or self._error is not None
                                     or not self.running)
-            elif self._slot is not None:
-                self.stats["frames_dropped"] += 1  # the older waiting frame loses its place
+            if self._slot is not None:  # the older waiting frame loses its place
+                self._count_dropped()
             self._slot = frame
+            self.stats["frames_pending"] += 1
             self._last_accepted_s = frame.time_s
             self._cond.notify_all()
             return True
@@ -212,15 +220,12 @@ class FacePath:
         return self.wait_until(math.inf, timeout_s)
 
     def reset(self) -> None:
-        """Forget observations and the tracked face (a new user)."""
+        """Forget observations and the tracked face (a new user); the counters keep counting."""
         with self._cond:
             self._ring.clear()
             self._new.clear()
-            self._last_box = None
-            self._since_full = REDETECT_NOW
             self._last_accepted_s = None
-            if callable(getattr(self.face_model, "reset", None)):
-                self.face_model.reset()  # a model that tracks by itself (FaceExpressionModel(track=True))
+            self.face_model.reset()
             self._done_until_s = -math.inf
 
     # -- lookup --------------------------------------------------------------------------------
@@ -272,6 +277,8 @@ class FacePath:
             except BaseException as e:  # surfaced by the next push()
                 with self._cond:
                     self._error, self._busy = e, False
+                    self.stats["frames_pending"] -= 1
+                    self.stats["frames_failed"] += 1
                     self._cond.notify_all()
                 return
             with self._cond:
@@ -285,62 +292,17 @@ class FacePath:
                 now = time.perf_counter()
                 self._process_wall_s.append(now)
                 self.frame_ms.append((now - t0) * 1000)
+                self.stats["frames_pending"] -= 1
                 self.stats["frames_processed"] += 1
                 self.stats["faces_found"] += obs.probs is not None
                 self._cond.notify_all()
 
-    def _choose(self, boxes: Sequence[Sequence[int]]) -> tuple[int, int, int, int] | None:
-        if len(boxes) == 0:
-            return None
-        boxes = [tuple(int(v) for v in b) for b in boxes]
-        if self.track == "follow" and self._last_box is not None:
-            best = max(boxes, key=lambda b: _iou(b, self._last_box))
-            if _iou(best, self._last_box) > 0:
-                return best
-        return max(boxes, key=lambda b: b[2] * b[3])
-
-    def _find_face(self, detector: Any, image: np.ndarray) -> tuple[int, int, int, int] | None:
-        """The face to read in this frame, per ``self.track``.
-
-        "follow" first searches only a window around the followed face, for faces of a similar
-        size (mmer.face's tracking settings: ~3x cheaper than a full-frame search), and runs a
-        full detection when the face is lost and every ``REDETECT_EVERY_FRAMES``; a full
-        detection keeps the face overlapping the followed one, so a bigger face walking past
-        does not take over. Every box is a detection in this frame, never a carried-over guess.
-        """
-        from mmer.face import REDETECT_EVERY_FRAMES, TRACK_SCALE_FACTOR, TRACK_SEARCH_FRAC, TRACK_SIZE_RATIO
-
-        if self.track == "follow" and self._last_box is not None and self._since_full < REDETECT_EVERY_FRAMES:
-            x, y, w, h = self._last_box
-            side = max(w, h)
-            grow = int(round(side * TRACK_SEARCH_FRAC))
-            found = detector.detect(image, bgr=True, roi=(x - grow, y - grow, w + 2 * grow, h + 2 * grow),
-                                    size_range_px=(int(side / TRACK_SIZE_RATIO), int(side * TRACK_SIZE_RATIO) + 1),
-                                    scale_factor=TRACK_SCALE_FACTOR)
-            self._since_full += 1
-            if found:
-                return tuple(int(v) for v in found[0])
-        self._since_full = 0
-        return self._choose(detector.detect(image, bgr=True))
+    def _count_dropped(self) -> None:
+        """The frame in the slot leaves it unread (caller holds the lock)."""
+        self.stats["frames_pending"] -= 1
+        self.stats["frames_dropped"] += 1
 
     def observe(self, frame: VideoFrame) -> FaceObservation:
-        """Run detection and expression on one frame (in the caller's thread)."""
-        fm = self.face_model
-        student = getattr(fm, "model", None)
-        if hasattr(fm, "detector") and student is not None and hasattr(fm, "crop_px"):
-            from mmer.face import crop_face
-
-            box = self._find_face(fm.detector, frame.image)
-            if box is None:
-                self._since_full = REDETECT_NOW  # lost: search the whole next frame
-                return FaceObservation(frame.time_s, None, None)
-            crop = crop_face(frame.image, box, size=fm.crop_px, gray=True, bgr=True)
-            out = student.predict(crop)  # one frame of one utterance, through the student's runtime
-            self._last_box = box
-            return FaceObservation(frame.time_s, box, out["probs"][0], out["feature"][0])
-        box, probs = fm(frame.image)
-        if box is None or probs is None:
-            return FaceObservation(frame.time_s, None, None)
-        box = tuple(int(v) for v in box)
-        self._last_box = box
-        return FaceObservation(frame.time_s, box, np.asarray(probs, dtype=np.float32))
+        """Read one frame with the face model (in the caller's thread); not counted in ``stats``."""
+        reading = self.face_model.observe(frame.image, track=self.track)
+        return FaceObservation(frame.time_s, reading.box, reading.probs, reading.feature)

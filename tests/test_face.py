@@ -11,8 +11,8 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from mmer.face import (FER_CROP_PX, FaceBox, FaceDetector, FaceExpressionModel, FaceTracker,  # noqa: E402
-                       crop_face, largest_face)
+from mmer.face import (FER_CROP_PX, FaceBox, FaceDetector, FaceExpressionModel, FaceReading,  # noqa: E402
+                       FaceTracker, crop_face, largest_face)
 
 FRAME_H, FRAME_W = 480, 640
 PORTRAIT_PX = 400      # the 512-px astronaut photo is pasted at this size into a 640x480 frame
@@ -127,3 +127,38 @@ def test_tracking_expression_model_gives_same_probs():
     assert box_t is not None and probs_t is not None
     assert abs(box_t.w - box_p.w) <= box_p.w * 0.2
     assert int(probs_t.argmax()) == int(probs_p.argmax())
+
+
+def test_observe_gives_box_probs_and_the_students_feature(face_model):
+    frame = _portrait_frame()
+    reading = face_model.observe(frame)
+    box, probs = face_model(frame)
+    assert isinstance(reading, FaceReading) and reading.box == box and np.array_equal(reading.probs, probs)
+    assert reading.feature.shape == (face_model.model.dims.kd_dim,)
+    assert face_model.label_set == "fer2013"
+    empty = face_model.observe(_no_face_frames()["flat"])
+    assert empty.box is None and empty.probs is None and empty.feature is None
+    with pytest.raises(ValueError, match="track"):
+        face_model.observe(frame, track="nearest")
+
+
+def _two_faces() -> tuple[np.ndarray, np.ndarray]:
+    """(180, 320, 3) frames: a 100-px face on the right, then also a 150-px face on the left."""
+    data = pytest.importorskip("skimage.data")
+    face = np.ascontiguousarray(data.astronaut()[30:230, 120:330, ::-1])
+    small_only = np.full((180, 320, 3), GRAY_LEVEL, np.uint8)
+    small_only[40:140, 200:300] = cv2.resize(face, (100, 100))
+    both = small_only.copy()
+    both[10:160, 10:160] = cv2.resize(face, (150, 150))
+    return small_only, both
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_full_detection_takes_the_largest_face_unless_following(detector, follow):
+    small_only, both = _two_faces()
+    tracker = FaceTracker(detector, redetect_every=1, follow=follow)
+    assert tracker.update(small_only).x > 160
+    assert tracker.update(both).x > 160      # a window search near the small face
+    box = tracker.update(both)                # a full detection
+    assert (box.x > 160) == follow and tracker.followed == box
+    assert tracker.update(_no_face_frames()["flat"][:180, :320]) is None and tracker.followed == box

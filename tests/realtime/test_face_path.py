@@ -148,29 +148,49 @@ def test_follow_keeps_the_tracked_face_when_a_bigger_one_appears(face_model):
     boxes = [o.box for o in follow.window(0, 5)]
     assert len(boxes) == REDETECT_EVERY_FRAMES + 4 and boxes[-1] is None
     assert all(b is not None and b[0] > 160 for b in boxes[:-1])  # stayed on the small face throughout
-    assert follow._since_full > REDETECT_EVERY_FRAMES  # lost: the next frame gets a full search
+    assert face_model.tracker.last is None  # lost: the next frame gets a full search
 
 
-def test_generic_callable_model_and_model_errors_surface():
-    calls = []
+class FakeFaceModel:
+    """The face model's declared API (labels, label_set, reset, observe), without cv2 or torch."""
 
-    def model(image):
-        calls.append(image.shape)
-        return (1, 2, 3, 4), np.full(7, 1 / 7, np.float32)
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    label_set = "fer2013"
 
-    path = FacePath(model, max_fps=100, block_when_behind=True).start()
+    def __init__(self, read_s: float = 0.0, error: BaseException | None = None) -> None:
+        self.read_s, self.error = read_s, error
+        self.calls: list[tuple[tuple[int, ...], str | None]] = []
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def observe(self, image, track=None):
+        from mmer.face import FaceBox, FaceReading
+
+        self.calls.append((image.shape, track))
+        if self.error is not None:
+            raise self.error
+        time.sleep(self.read_s)
+        return FaceReading(FaceBox(1, 2, 3, 4), np.full(7, 1 / 7, np.float32))
+
+
+def test_path_reads_through_the_models_declared_api_and_errors_surface():
+    model = FakeFaceModel()
+    path = FacePath(model, max_fps=100, block_when_behind=True, track="follow").start()
+    assert model.resets == 1 and path.labels == FakeFaceModel.labels and path.label_set == "fer2013"
     try:
         path.push(VideoFrame(noise_frame(), 0.0, 0))
         path.flush()
         obs = path.latest()
         assert isinstance(obs, FaceObservation) and obs.box == (1, 2, 3, 4) and obs.feature is None
+        assert model.calls == [((FRAME_H, FRAME_W, 3), "follow")]  # the path's track reaches the model
+        path.reset()
+        assert model.resets == 2 and path.latest() is None
     finally:
         path.close()
 
-    def broken(image):
-        raise RuntimeError("camera model exploded")
-
-    path = FacePath(broken, max_fps=100).start()
+    path = FacePath(FakeFaceModel(error=RuntimeError("camera model exploded")), max_fps=100).start()
     try:
         path.push(VideoFrame(noise_frame(), 0.0, 0))
         deadline = time.perf_counter() + 10
@@ -180,3 +200,40 @@ def test_generic_callable_model_and_model_errors_surface():
             path.push(VideoFrame(noise_frame(), 1.0, 1))
     finally:
         path.close()
+    s = path.stats
+    assert s["frames_in"] == 1 and s["frames_failed"] == 1 and s["frames_pending"] == 0
+
+
+def _counted(stats: dict) -> int:
+    return sum(stats[k] for k in ("frames_skipped", "frames_dropped", "frames_pending", "frames_processed",
+                                  "frames_failed"))
+
+
+@pytest.mark.parametrize("block_when_behind", [False, True])
+def test_every_pushed_frame_is_in_exactly_one_counter(block_when_behind):
+    n = 186
+    path = FacePath(FakeFaceModel(read_s=0.002), max_fps=60, block_when_behind=block_when_behind).start()
+    image = noise_frame()
+    try:
+        for i in range(n):  # 90 fps stamps under a 60 fps cap: every other frame is skipped
+            path.push(VideoFrame(image, i / 90, i))
+            assert _counted(path.stats) == path.stats["frames_in"] == i + 1
+        assert path.flush(timeout_s=30)
+        s = dict(path.stats)
+    finally:
+        path.close()
+    assert s["frames_in"] == n and s["frames_pending"] == 0 and _counted(s) == n
+    assert s["frames_skipped"] == n // 2
+    if block_when_behind:
+        assert s["frames_dropped"] == 0 and s["frames_processed"] == n - n // 2
+    assert path.stats == s  # nothing was left to discard at close
+
+
+def test_frames_left_in_the_slot_count_as_dropped():
+    path = FacePath(FakeFaceModel(), max_fps=100, block_when_behind=True)  # never started
+    for i in range(3):
+        path.push(VideoFrame(noise_frame(), i / 10, i))
+    assert path.stats["frames_pending"] == 1 and path.stats["frames_dropped"] == 2
+    path.close()
+    s = path.stats
+    assert s["frames_in"] == 3 and s["frames_pending"] == 0 and s["frames_dropped"] == 3 and _counted(s) == 3
