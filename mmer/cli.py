@@ -48,18 +48,21 @@ def export_main(argv: list[str] | None = None) -> int:
 BENCH_TARGETS = {
     "models": "latency of every model and backend (export/bench.py)",
     "live": "the whole live pipeline replayed from a recording (realtime/bench.py)",
+    "soak": "a long looped replay: no utterance lost, resident memory flat (realtime/soak.py)",
 }
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    """``mmer-bench models|live ...``: benchmarks that print a table and write JSON."""
+    """``mmer-bench models|live|soak ...``: benchmarks that print a table and write JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in BENCH_TARGETS:
         target, rest = argv[0], argv[1:]
         if target == "models":
             from mmer.export.bench import bench_models_main as main
-        else:
+        elif target == "live":
             from mmer.realtime.bench import bench_live_main as main
+        else:
+            from mmer.realtime.bench import bench_soak_main as main
         return main(rest)
     parser = argparse.ArgumentParser(
         prog="mmer-bench", description="Latency benchmarks. Targets:\n" + "\n".join(

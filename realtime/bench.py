@@ -44,10 +44,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | None) -> tuple[dict, Any]:
     from mmer.realtime.make_sample import feed_transcript
-    from mmer.realtime.pipeline import LivePipeline
+    from mmer.realtime.build import build_pipeline
     from mmer.realtime.sources import FileSource
 
-    pipeline = LivePipeline(cfg, block_frames=True, lockstep=True)
+    pipeline = build_pipeline(cfg, lockstep=True)
     if pipeline.asr.name == "none" and transcript is not None:
         feed_transcript(pipeline, transcript)
     predictions: list[dict] = []
@@ -66,9 +66,9 @@ def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | 
         stats = pipeline.stats_line()
     finally:
         pipeline.close()
-    stages = {s: percentiles([p["latency_ms"][s] for p in predictions if s in p["latency_ms"]]) for s in STAGES}
+    stages = {s: percentiles([p.latency_ms[s] for p in predictions if s in p.latency_ms]) for s in STAGES}
     result = {"utterances": len(predictions), "replay_wall_s": round(wall_s, 3),
-              "modalities": sorted({m for p in predictions for m in p["modalities"]}),
+              "modalities": sorted({m for p in predictions for m in p.modalities}),
               "stages_ms": {k: v for k, v in stages.items() if v["n"]}, "stats": stats}
     return result, pipeline
 
@@ -191,3 +191,10 @@ def bench_live_main(argv: list[str] | None = None) -> int:
         return 2
     bench_live(args.input, json_out, cfg, args.repeats, with_asr=not args.no_asr_run)
     return 0
+
+
+def bench_soak_main(argv: list[str] | None = None) -> int:
+    """``mmer-bench soak``: the long-replay check of realtime/soak.py (a leading "soak" is skipped)."""
+    from mmer.realtime.soak import soak_main
+
+    return soak_main(argv)
