@@ -29,7 +29,7 @@ import numpy as np
 
 from mmer.errors import UsageError
 from mmer.media import downmix
-from mmer.realtime.frames import AudioChunk, SpeechPause, Utterance, UtteranceEnded, VadEvent, VideoFrame
+from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, UtteranceEnded, VadEvent, VideoFrame
 from mmer.realtime.prediction_worker import PredictionWorker
 from mmer.realtime.sinks import CallbackSink
 
@@ -113,24 +113,33 @@ class LivePipeline:
         """Feed 16 kHz int16 (or float in [-1, 1]) samples starting at stream time ``t`` s:
         (n,) mono, or (n, channels) / (channels, n), down-mixed. Sources at other rates
         resample first (mmer.media). Time must not go backwards (``reset()`` between streams)."""
-        samples = downmix(samples)
-        if self._audio_end_s is not None and t < self._audio_end_s - CLOCK_TOLERANCE_S:
-            raise UsageError(f"push_audio: time went backwards ({t:.3f} s after a block that ended at "
+        self.push_chunk(AudioChunk(downmix(samples), float(t)))
+
+    def push_chunk(self, chunk: AudioChunk) -> None:
+        """Feed one mono 16 kHz :class:`AudioChunk` as a source delivers it (passed on unchanged)."""
+        if chunk.sample_rate_hz != SAMPLE_RATE_HZ or np.ndim(chunk.samples) != 1:
+            raise UsageError(f"push_chunk: expected mono {SAMPLE_RATE_HZ} Hz audio, got {chunk.sample_rate_hz} Hz "
+                             f"of shape {np.shape(chunk.samples)}; resample and down-mix first (mmer.media)")
+        if self._audio_end_s is not None and chunk.start_s < self._audio_end_s - CLOCK_TOLERANCE_S:
+            raise UsageError(f"push_audio: time went backwards ({chunk.start_s:.3f} s after a block that ended at "
                              f"{self._audio_end_s:.3f} s); call reset() before a new stream")
-        chunk = AudioChunk(samples, float(t))
         self.segmenter.push(chunk)
         self._audio_end_s = chunk.end_s
         self._dispatch(self.segmenter.poll(), decided_at_s=chunk.end_s)
 
     def push_frame(self, image_bgr: np.ndarray, t: float) -> None:
         """Feed one (H, W, 3) uint8 BGR camera frame taken at stream time ``t`` s."""
+        self.push_video(VideoFrame(image_bgr, float(t), 0))
+
+    def push_video(self, frame: VideoFrame) -> None:
+        """Feed one :class:`VideoFrame` as a source delivers it (passed on unchanged)."""
         if self.face_path is None:
             return
-        self.face_path.push(VideoFrame(image_bgr, float(t), 0))
+        self.face_path.push(frame)
         if self.frame_sinks:
             latest = self.face_path.latest()
             for sink in self.frame_sinks:
-                sink.on_frame(image_bgr, None if latest is None else latest.box)
+                sink.on_frame(frame.image, None if latest is None else latest.box)
 
     # -- segmentation -> the first queue -----------------------------------------------------
     def _dispatch(self, items: list, decided_at_s: float) -> None:

@@ -60,9 +60,9 @@ def read_into(pipeline: Any, source: Any, camera: Any = None) -> int:
         while not stop.is_set() and not cam_errors:
             item = source.read(READ_TIMEOUT_S)
             if isinstance(item, AudioChunk):
-                pipeline.push_audio(item.samples, item.start_s)
+                pipeline.push_chunk(item)
             elif isinstance(item, VideoFrame):
-                pipeline.push_frame(item.image, item.time_s)
+                pipeline.push_video(item)
             elif isinstance(item, StreamGap):
                 log.warning("input interrupted at %.2f s (%s); the pending utterance ends there",
                             item.time_s, item.reason)
@@ -96,7 +96,7 @@ def _camera_loop(pipeline: Any, camera: Any, stop: threading.Event, errors: list
         while not stop.is_set():
             frame = camera.read(READ_TIMEOUT_S)
             if frame is not None:
-                pipeline.push_frame(frame.image, frame.time_s)
+                pipeline.push_video(frame)
     except Exception as e:  # handed to the read loop, which flushes and decides
         errors.append(e)
 
