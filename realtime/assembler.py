@@ -71,7 +71,7 @@ class UtteranceAssembler:
         utt.timings_ms["text_wait"] = (time.perf_counter() - t0) * 1000
 
     # -- one utterance -------------------------------------------------------------------------
-    def assemble(self, utt: Utterance, faces: Any = None) -> tuple[list[Turn] | None, dict | None]:
+    def assemble(self, utt: Utterance, faces: Any = None) -> tuple[list[Turn] | None, Any]:
         """The dialogue turns the text model reads (``None`` without words) and the pooled face
         evidence over ``[utt.start_s, utt.end_s]`` (``None`` without a face path).
 
