@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mmer.cli import add_version
 from mmer.contract import Contract, collate
 from mmer.errors import UsageError
 from mmer.extras import MissingExtra
@@ -647,6 +648,7 @@ def bench_models_main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     p = argparse.ArgumentParser(prog="mmer-bench models", description=__doc__.split("\n\n")[0],
                                 epilog="Example: mmer-bench models runs/voice/checkpoint exports/voice-int8 --json b.json")
+    add_version(p)
     p.add_argument("artefacts", nargs="*", metavar="MODEL_OR_EXPORT",
                    help="checkpoint folders, embedded default names or mmer-export folders (default: the zoo)")
     p.add_argument("--json", type=Path, default=Path("bench-models.json"), help="output JSON (.md and .png beside it)")

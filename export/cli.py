@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmer.cli import add_version
 from mmer.config import ConfigError
 from mmer.export import formats
 from mmer.export.config import CONFIG_FILE
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a mmer model to ONNX / FP16 / INT8 / TensorRT / TensorRT-RTX, with parity against torch.",
         epilog=f"formats:\n{_table()}\n\nkey=value options override configs/export.yaml (e.g. profiles.batch.max=4); "
                f"a format refuses options it does not read.")
+    add_version(parser)
     parser.add_argument("model", help="checkpoint folder or embedded default name (e.g. default-face)")
     parser.add_argument("--format", required=True, dest="fmt", help=f"one of: {', '.join(formats.names())}")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

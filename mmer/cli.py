@@ -10,6 +10,14 @@ import argparse
 import sys
 
 
+def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--version`` on ``parser``: prints ``PROG VERSION`` (the installed mmer) and exits 0."""
+    from mmer import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
 def live_main(argv: list[str] | None = None) -> int:
     """``mmer-live``: microphone + camera (or a replayed file) -> one prediction per utterance."""
     from mmer.realtime.cli import live_main as main
@@ -69,6 +77,7 @@ def bench_main(argv: list[str] | None = None) -> int:
             f"  {name:7s} {what}" for name, what in BENCH_TARGETS.items()) +
         "\n\n`mmer-bench TARGET --help` lists each target's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     parser.add_argument("target", choices=sorted(BENCH_TARGETS))
     parser.parse_args(argv)
     return 2

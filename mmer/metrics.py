@@ -126,6 +126,8 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str]
     import matplotlib.pyplot as plt
 
     counts = np.asarray(confusion, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] != len(labels):
+        raise ValueError(f"a confusion matrix of shape {counts.shape} needs one label per row; got {len(labels)}")
     row_sums = counts.sum(axis=1, keepdims=True)
     # Colour by row-normalised recall so rare classes are readable; the numbers stay raw counts.
     shade = np.divide(counts, row_sums, out=np.zeros(counts.shape, dtype=float), where=row_sums > 0)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mmer.cli import add_version
 from mmer.realtime.config import LiveConfig, load_live_config
 
 STAGES = ("capture_to_end_of_speech", "asr_wait", "asr", "text_wait", "face_wait", "face", "text", "voice",
@@ -175,6 +176,7 @@ def bench_live_main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["live"]:
         argv = argv[1:]
     p = argparse.ArgumentParser(prog="mmer-bench live", description=__doc__.split("\n")[0])
+    add_version(p)
     p.add_argument("--input", required=True, metavar="FILE", help="wav/mp4 recording to replay")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="replays pooled (default %(default)s)")
     p.add_argument("--no-asr-run", action="store_true", help="skip the run with speech-to-text")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from mmer.cli import add_version
 from mmer.config import ConfigError, check_ranges
 from mmer.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, MmerError, UsageError, setup_logging
 from mmer.realtime.config import LiveConfig, load_live_config
@@ -67,6 +68,7 @@ def build_live_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Live multimodal emotion recognition: microphone + camera in, one JSON "
         "prediction per utterance out (stdout, --json FILE, --ws PORT, --show).",
         epilog="No camera or microphone here? Try the shipped sample: mmer-live --demo")
+    add_version(p)
     src = p.add_argument_group("input")
     src.add_argument("--camera", metavar="INDEX|PATH|URL", help="camera: an index (default 0), a device path "
                      "(/dev/video2), or a URL / GStreamer pipeline OpenCV can open")
@@ -375,6 +377,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
         "a transcript CSV in MELD's columns (Utterance, Speaker, Dialogue_ID, Utterance_ID). A file that cannot "
         "be read is reported and skipped; the others' results are kept. Exit codes: 0 all done, 2 some file "
         "failed, 130 stopped by Ctrl-C or SIGTERM (finished files kept).")
+    add_version(p)
     p.add_argument("files", nargs="+", metavar="FILE", help="wav/mp4 recordings, or .csv transcripts")
     add_common_options(p)
     p.add_argument("--csv", metavar="OUT", help="write a CSV table instead of JSON lines")

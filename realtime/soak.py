@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mmer.cli import add_version
 from mmer.errors import EXIT_GATE, EXIT_OK, MmerError, UsageError, setup_logging
 from mmer.realtime.frames import AudioChunk, UtteranceEnded, VideoFrame
 
@@ -387,6 +388,7 @@ def soak_main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["soak"]:
         argv = argv[1:]
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    add_version(p)
     p.add_argument("--minutes", type=int, default=DEFAULT_MINUTES,
                    help="stream-minutes to replay (default %(default)s)")
     p.add_argument("--input", metavar="FILE", help="wav/mp4 recording to loop (default: the shipped sample)")

@@ -39,3 +39,17 @@ def test_wheel_installs_nothing_generic_at_top_level(tmp_path):
     for must in ("mmer/realtime/__init__.py", "mmer/export/__init__.py", "mmer/training/__init__.py",
                  "mmer/configs/__init__.py", "mmer/models/__init__.py"):
         assert must in names
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("live_main", []), ("predict_main", []), ("train_main", []), ("eval_main", []), ("export_main", []),
+    ("bench_main", []), ("bench_main", ["live"]), ("bench_main", ["models"]), ("bench_main", ["soak"]),
+])
+def test_every_entry_point_has_version(command, argv, capsys):
+    import mmer
+    from mmer import cli
+
+    with pytest.raises(SystemExit) as done:
+        getattr(cli, command)([*argv, "--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip().endswith(mmer.__version__)

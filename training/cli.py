@@ -21,6 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from mmer.cli import add_version
 from mmer.checkpoint import CheckpointError
 from mmer.config import ConfigError
 from mmer.errors import UsageError
@@ -48,6 +49,7 @@ def train_main(argv: list[str] | None = None) -> int:
         "EmoDB voice model with data.name=emodb and no teacher) or fusion (ASF); or, with 'msa', one of the "
         "sentiment models (DERL, MMILN, CENet, CMATH) on an MMSA pickle. Config keys can be overridden "
         "as key=value, e.g. optim.lr=2e-5 data.limit=50.")
+    add_version(parser)
     parser.add_argument("stage", choices=sorted(RECIPES))
     parser.add_argument("--config", help="YAML recipe, or the name of a shipped one (mmer_meld_teacher)")
     parser.add_argument("--out", help="run folder (overrides the recipe's 'out')")
@@ -302,6 +304,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         "(mmer-export: the deployed artefact itself, on its runtime) on a dataset split: "
         "per-class report, weighted/macro F1, accuracy, UA/WA; on DailyDialog micro-F1 without neutral. "
         "ravdess and dailydialog are evaluation-only sets (split test).")
+    add_version(parser)
     parser.add_argument("model", help="checkpoint folder, embedded default name, export folder, or 'default' for the whole "
                         "default live stack (calibrated modalities + fusion) over the set's audio and/or text")
     parser.add_argument("--data", required=True, choices=dataset_names())

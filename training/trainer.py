@@ -500,7 +500,9 @@ class Trainer:
         test = self._score(self.model, "test")[0] if self.splits.test is not None else None
         self._write_metrics(history, best, test)
         final = test or best["dev"]
-        save_confusion_png(final["confusion"], self.labels, self.run_dir / "confusion_matrix.png",
+        # A regression task's bins (Acc-7: -3..3) come with its metrics; a classifier's are its labels.
+        save_confusion_png(final["confusion"], final.get("labels") or self.labels,
+                           self.run_dir / "confusion_matrix.png",
                            title=f"{'test' if test else 'dev'} (best epoch {best['epoch']})")
         text = f"dev, best epoch {best['epoch']}\n{self.task.report(best['dev'])}"
         if test:
