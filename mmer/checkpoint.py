@@ -60,6 +60,16 @@ def _state_dict_for_save(model: torch.nn.Module, dtype: torch.dtype | None) -> d
     return state
 
 
+def _id2label(label_set: str) -> dict[str, str] | None:
+    """Class id (as a string, the JSON key) -> label name, as Hugging Face configs carry it."""
+    from mmer.labels import get_label_set
+
+    try:
+        return {str(i): name for i, name in enumerate(get_label_set(label_set).labels)}
+    except (KeyError, ValueError):  # a model without a classification label set (regression)
+        return None
+
+
 def save_checkpoint(model: Any, folder: str | Path, provenance: dict | None = None,
                     dtype: torch.dtype | None = None, calibration: dict | None = None) -> Path:
     """Write ``model`` (an :class:`mmer.models.base.MmerModel`) to ``folder``.
@@ -78,6 +88,7 @@ def save_checkpoint(model: Any, folder: str | Path, provenance: dict | None = No
         "model": model.registry_name,
         "dims": model.dims_dict(),
         "label_set": model.label_set,
+        "id2label": _id2label(model.label_set),
         "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "provenance": provenance or {},

@@ -53,6 +53,30 @@ class Turn:
     text: str
 
 
+DEFAULT_SPEAKER = "speaker"  # the name given to a plain string's speaker
+
+
+def as_turns(item: Any) -> list[Turn]:
+    """A dialogue from what people have at hand: a string (one turn of ``DEFAULT_SPEAKER``), a
+    ``(speaker, text)`` pair, a :class:`Turn`, or a list of those (the turns in order; the last
+    one is the one to classify). Anything else raises :class:`mmer.errors.UsageError`."""
+    from mmer.errors import UsageError
+
+    def one(x: Any) -> Turn:
+        if isinstance(x, Turn):
+            return x
+        if isinstance(x, str):
+            return Turn(DEFAULT_SPEAKER, x)
+        if isinstance(x, tuple) and len(x) == 2 and all(isinstance(v, str) for v in x):
+            return Turn(*x)
+        raise UsageError(f"a turn is a string, a (speaker, text) pair of strings or a Turn; got {x!r:.80}")
+
+    turns = [one(x) for x in item] if isinstance(item, list) else [one(item)]
+    if not turns:
+        raise UsageError("a dialogue needs at least one turn; got an empty list")
+    return turns
+
+
 def speaker_token_names(n: int) -> list[str]:
     """``['<s1>', ..., '<sN>', '<s_other>']``."""
     return [f"<s{i}>" for i in range(1, n + 1)] + [OTHER_SPEAKER_TOKEN]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -47,3 +48,13 @@ class MsaOutput:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def labelled(probs: torch.Tensor, labels: Sequence[str]) -> list[dict]:
+    """(B, C) probabilities -> one ``{"label", "score", "scores"}`` dict per row, as
+    transformers' pipelines answer: the top label, its probability, every label's probability."""
+    rows = []
+    for row in probs.float().cpu().tolist():
+        best = max(range(len(row)), key=row.__getitem__)
+        rows.append({"label": labels[best], "score": row[best], "scores": dict(zip(labels, row))})
+    return rows

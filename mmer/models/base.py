@@ -29,6 +29,18 @@ class MmerModel(nn.Module):
     Dims: ClassVar[type] = object
     modality: ClassVar[str] = ""
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Tensors: ``forward``, as any torch module. Raw input (a string, a list, an array):
+        :meth:`classify`, labelled results in the transformers habit."""
+        if args and not isinstance(args[0], torch.Tensor) and type(self).classify is not MmerModel.classify:
+            return self.classify(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+    def classify(self, inputs: Any, batch_size: int = 8) -> Any:
+        """Raw input -> ``{"label", "score", "scores"}`` per item (models that take raw input
+        override this)."""
+        raise ContractError(f"{type(self).__name__} takes tensors only; call its processor's inputs() first")
+
     def __init__(self, dims: Any) -> None:
         super().__init__()
         if not isinstance(dims, self.Dims):

@@ -28,10 +28,10 @@ from torch import nn
 import numpy as np
 
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
-from mmer.dialogue import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, DEFAULT_SPEAKER_TOKENS, DialoguePrompt, Turn
+from mmer.dialogue import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, DEFAULT_SPEAKER_TOKENS, DialoguePrompt, Turn, as_turns
 from mmer.labels import get_label_set
 from mmer.models.base import MmerModel
-from mmer.outputs import EmotionOutput
+from mmer.outputs import EmotionOutput, labelled
 from mmer.registry import MODELS
 
 MINILM = "minilm"                           # dims.encoder alias for the packaged MiniLM-L6
@@ -291,14 +291,40 @@ class Teacher(MmerModel):
         return TeacherProcessor(DialoguePrompt(tokenizer, dims.num_speaker_tokens, dims.max_tokens, dims.prompt_template))
 
     @torch.inference_mode()
-    def predict_turns(self, turns: Sequence[Turn], target: int = -1) -> EmotionOutput:
-        """Classify ``turns[target]`` given the turns before it (batch of one).
+    def predict_turns(self, turns: Any, target: int = -1) -> EmotionOutput:
+        """Classify ``turns[target]`` given the turns before it (batch of one); ``turns`` as
+        :func:`mmer.dialogue.as_turns` takes them (strings, ``(speaker, text)`` pairs, Turns).
 
         Runs in whatever mode the model is in; call ``.eval()`` first (``mmer.load`` does).
         """
-        batch = self.prompt.collate([self.prompt.encode(turns, target)])
+        batch = self.prompt.collate([self.prompt.encode(as_turns(turns), target)])
         device = self.device
         return self(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+
+    @torch.inference_mode()
+    def classify(self, inputs: Any, batch_size: int = 8) -> dict | list[dict]:
+        """Labelled emotions, the transformers way: ``model("I got the job!")`` ->
+        ``{"label": "joy", "score": 0.8, "scores": {...}}``; a list gives one dict per item.
+
+        Each item is classified on its own: a string (one turn), a ``(speaker, text)`` pair or
+        a :class:`Turn`. An item that is itself a list is a dialogue: its last turn is
+        classified in the context of the turns before it, as the live pipeline does
+        (``[("ana", "I lost my keys."), ("ben", "Oh no!")]`` classifies "Oh no!"). Items run in
+        padded batches of ``batch_size``.
+        """
+        from mmer.errors import UsageError
+
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        single = not isinstance(inputs, list)
+        dialogues = [as_turns(item) for item in ([inputs] if single else inputs)]
+        labels = get_label_set(self.dims.label_set).labels
+        results: list[dict] = []
+        for start in range(0, len(dialogues), batch_size):
+            batch = self.prompt.collate([self.prompt.encode(d) for d in dialogues[start:start + batch_size]])
+            out = self(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))
+            results += labelled(out.probs, labels)
+        return results[0] if single else results
 
 
 class TeacherProcessor(Processor):
