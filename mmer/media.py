@@ -489,6 +489,15 @@ class MediaReader:
             raise UsageError("MediaReader: call open() first")
         return self.info
 
+    def _seek_start(self, av: Any, container: Any, stream: Any) -> None:
+        """Seek ``container`` to ``start_s`` on ``stream`` (the keyframe at or before it)."""
+        if self.start_s <= 0:
+            return
+        try:
+            container.seek(int((self.start_s + self._origin_s) / stream.time_base), stream=stream, backward=True)
+        except av.error.FFmpegError as e:
+            raise _error(self.path, f"cannot seek to {self.start_s:.2f} s ({e})", FIX_CORRUPT) from None
+
     def _end_s(self) -> float | None:
         return None if self.duration_s is None else self.start_s + self.duration_s
 
@@ -533,12 +542,7 @@ class MediaReader:
             a = info.audio[0]
             in_rate = a.rate_hz
             offset_s = max(0.0, a.start_s) - self._origin_s
-            if self.start_s > 0:
-                try:
-                    container.seek(int((self.start_s + self._origin_s) / stream.time_base), stream=stream,
-                                   backward=True)
-                except av.error.FFmpegError as e:
-                    raise _error(self.path, f"cannot seek to {self.start_s:.2f} s ({e})", FIX_CORRUPT) from None
+            self._seek_start(av, container, stream)
             end_s = self._end_s()
             need_in = None if self.duration_s is None else math.ceil(self.duration_s * in_rate)
             resampler = StreamResampler(in_rate, self.rate_hz)
@@ -628,12 +632,7 @@ class MediaReader:
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # frame and slice threads: decoding is most of the replay's time
-            if self.start_s > 0:
-                try:
-                    container.seek(int((self.start_s + self._origin_s) / stream.time_base), stream=stream,
-                                   backward=True)
-                except av.error.FFmpegError as e:
-                    raise _error(self.path, f"cannot seek to {self.start_s:.2f} s ({e})", FIX_CORRUPT) from None
+            self._seek_start(av, container, stream)
             fps = v.fps or 30.0
             half_frame_s = 0.5 / fps
             offset_s = max(0.0, v.start_s) - self._origin_s
