@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version as _version
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+try:   # pyproject.toml's version, as installed: one number, written in one place
+    __version__ = _version("mmer")
+except PackageNotFoundError:   # a source tree on sys.path that was never pip-installed
+    __version__ = "0+unknown"
 
 __all__ = ["load", "__version__"]
 
@@ -13,7 +17,12 @@ __all__ = ["load", "__version__"]
 def load(path_or_name: str | Path, device: str = "cpu") -> Any:
     """Load a checkpoint folder, or the name of an embedded default, as a ready eval-mode model.
 
-    >>> model = mmer.load("runs/teacher/checkpoint")   # doctest: +SKIP
+    The model itself is returned: called with tensors it is the torch module (``forward``);
+    called with raw input it answers labelled dicts (:meth:`~mmer.models.base.MmerModel.recognize`).
+
+    >>> mmer.load("default-text")(["Hi.", "You're late again!"])   # doctest: +SKIP
+    [{'label': 'neutral', 'score': ..., 'scores': {...}}, {'label': 'anger', ...}]
+    >>> mmer.load("default-voice")(clip, sample_rate_hz=44_100)      # doctest: +SKIP
     """
     from mmer.checkpoint import load_checkpoint
 

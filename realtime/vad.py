@@ -145,8 +145,8 @@ class SileroVad:
         path = Path(model_path) if model_path is not None else silero_model_path()
         if path is None:
             raise MissingExtra("SileroVad needs the Silero ONNX model, shipped in the 'silero-vad' wheel. "
-                               "Install it with: pip install silero-vad --no-deps "
-                               "(mmer runs the ONNX file with onnxruntime; torch/torchaudio are not needed), "
+                               "Install it with: pip install 'mmer[vad]' "
+                               "(mmer runs the ONNX file with onnxruntime; torchaudio is not needed), "
                                "or pass model_path=/path/to/silero_vad.onnx")
         if not path.is_file():
             raise FileNotFoundError(f"Silero VAD model not found: {path}")

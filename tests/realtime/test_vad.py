@@ -204,7 +204,7 @@ def test_config_is_strict_and_frozen():
 
 
 silero = pytest.mark.skipif(silero_model_path() is None,
-                            reason="silero-vad not installed (pip install silero-vad --no-deps gives the ONNX file)")
+                            reason="silero-vad not installed (pip install 'mmer[vad]' gives the ONNX file)")
 
 
 @silero
