@@ -4,7 +4,7 @@ Layout of a checkpoint folder::
 
     model.safetensors   weights (float32, or float16 for the embedded defaults)
     mmer.json           {"format": "mmer-checkpoint", "model": <registry name>, "dims": {...},
-                         "label_set": ..., "provenance": {...}}
+                         "label_set": ..., "id2label": {"0": <label>, ...}, "provenance": {...}}
     <assets>/           whatever the model's ``save_assets`` wrote (tokenizer, encoder config)
 
 Pickle-based files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``, ``.pkl``) are refused: unpickling
@@ -143,6 +143,12 @@ def read_meta(folder: str | Path) -> dict:
     if not isinstance(meta["dims"], dict) or not meta["dims"]:
         raise CheckpointError(f"{meta_path}: 'dims' must be the model's sizes as a non-empty mapping, got "
                               f"{meta['dims']!r}; {FIX}")
+    id2label = _id2label(meta["label_set"])
+    if meta.get("id2label") is None:   # a card written before id2label: the label set gives it
+        meta["id2label"] = id2label
+    elif id2label is not None and meta["id2label"] != id2label:
+        raise CheckpointError(f"{meta_path}: 'id2label' {meta['id2label']} contradicts label set "
+                              f"{meta['label_set']!r} ({id2label}); {FIX}")
     return meta
 
 

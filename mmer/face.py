@@ -77,7 +77,9 @@ def _cv2():
 def _to_gray_u8(frame: np.ndarray, bgr: bool) -> np.ndarray:
     cv2 = _cv2()
     if frame.dtype != np.uint8:
-        frame = np.clip(np.asarray(frame, dtype=np.float32) * MAX_PIXEL_VALUE, 0, MAX_PIXEL_VALUE).astype(np.uint8)
+        # rounded, so float pixels k / 255 give back exactly the uint8 value k
+        scaled = np.clip(np.asarray(frame, dtype=np.float32) * MAX_PIXEL_VALUE, 0, MAX_PIXEL_VALUE)
+        frame = np.rint(scaled).astype(np.uint8)
     if frame.ndim == 2:
         return frame
     if frame.ndim == 3 and frame.shape[2] == 1:
@@ -239,7 +241,7 @@ def crop_face(frame: np.ndarray, box: Sequence[int], size: int = FER_CROP_PX, gr
         img = _to_gray_u8(frame, bgr)
     else:
         img = frame if frame.dtype == np.uint8 else \
-            np.clip(np.asarray(frame, np.float32) * MAX_PIXEL_VALUE, 0, MAX_PIXEL_VALUE).astype(np.uint8)
+            np.rint(np.clip(np.asarray(frame, np.float32) * MAX_PIXEL_VALUE, 0, MAX_PIXEL_VALUE)).astype(np.uint8)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if bgr else img
     height, width = img.shape[:2]
     pads = (max(0, -y0), max(0, y0 + side - height), max(0, -x0), max(0, x0 + side - width))

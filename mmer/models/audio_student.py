@@ -37,9 +37,10 @@ from torch import nn
 
 from mmer.audio import SAMPLE_RATE_HZ, LogMel
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
+from mmer.errors import UsageError
 from mmer.labels import get_label_set
-from mmer.models.base import MmerModel
-from mmer.outputs import EmotionOutput
+from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, batch_starts
+from mmer.outputs import EmotionOutput, labelled
 from mmer.registry import MODELS
 
 ENCODER_DIR = "encoder"            # checkpoint subfolder with the hf encoder's config files
@@ -58,6 +59,7 @@ PADDING_EXACT_MODEL_TYPES = ("wav2vec2", "hubert")
 SILENT_PEAK = 1e-4                 # whisper family: a clip's peak is floored here before scaling
 STD_FLOOR = 1e-3                   # whisper family: smallest per-feature std used to z-normalise
 SPEAKER_HEAD_FILE = "speaker_head.onnx"   # whisper exports: the head alone, to re-read a result for another speaker
+MAX_CHANNELS = 8                   # recognize(): a 2-D array this narrow is (samples, channels), not a batch
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,55 @@ def masked_mean(hidden: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
+def waveform_clips(raw: Any, from_hz: Any, to_hz: int) -> tuple[bool, list[np.ndarray]]:
+    """Raw voice input -> (one clip given?, mono float32 clips at ``to_hz``), for ``recognize``.
+
+    raw: one clip (T,), a batch of equal-length clips (B, T), or a list of (T_i,) clips; numpy
+    or torch; float in [-1, 1] or int16 PCM. ``from_hz``: their rate; clips at another rate are
+    resampled once with :func:`mmer.media.resample`. Anything else is a :class:`UsageError`
+    naming the expected shape.
+    """
+    from mmer.media import resample
+
+    if isinstance(from_hz, bool) or not isinstance(from_hz, (int, np.integer)) or from_hz <= 0:
+        raise UsageError(f"sample_rate_hz must be a positive int (the clips' rate in Hz), got {from_hz!r}")
+    expected = "voice input is one mono clip (T,), a batch (B, T) or a list of (T,) clips"
+
+    def array(x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            x = (x.float() if x.is_floating_point() else x).numpy()
+        elif not isinstance(x, np.ndarray):
+            raise UsageError(f"{expected}, as numpy arrays or torch tensors; got {type(x).__name__}")
+        if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.int16):
+            raise UsageError(f"voice samples are float in [-1, 1] or int16 PCM, got dtype {x.dtype}; "
+                             f"scale them to float first (e.g. int32: x / 2**31)")
+        if not np.isfinite(x).all():
+            raise UsageError("voice samples contain NaN or infinity")
+        return x
+
+    rate = int(from_hz)
+    if isinstance(raw, (list, tuple)):
+        clips = [array(c) for c in raw]
+        if any(c.ndim != 1 for c in clips):
+            raise UsageError(f"{expected}; this list holds shapes {[c.shape for c in clips][:4]}")
+        single = False
+    else:
+        x = array(raw)
+        if x.ndim == 2 and x.shape[1] <= MAX_CHANNELS < x.shape[0]:
+            raise UsageError(f"{expected}; got {x.shape}, which looks like (samples, channels): mix it to mono "
+                             f"first (x.mean(axis=1), or mmer.media.downmix)")
+        if x.ndim not in (1, 2):
+            raise UsageError(f"{expected}; got {x.ndim}-D shape {x.shape}")
+        single = x.ndim == 1
+        if x.ndim == 2 and x.shape[1] and rate != to_hz:   # one resampler call for the whole batch
+            x, rate = resample(x.T, rate, to_hz).T, to_hz
+        clips = [x] if single else list(x)
+    if any(len(c) == 0 for c in clips):
+        raise UsageError("a voice clip is empty (0 samples)")
+    return single, [np.ascontiguousarray(resample(c, rate, to_hz)) for c in clips]   # equal rates: a float32 copy
+
+
 @MODELS.register("audio_student")
 class AudioStudent(MmerModel):
     """TelME audio student: encoder -> pooled (B, H) -> projection (B, kd_dim) -> classifier (B, C)."""
@@ -454,6 +505,10 @@ class AudioStudent(MmerModel):
         right-padded (None: all valid); labels (B,) class ids -> EmotionOutput with logits (B, C),
         features {"audio": (B, kd_dim), "audio_pooled": (B, H)}, cross-entropy loss if labels.
         feature_mean / feature_std: the speaker's statistics (whisper family; see ``classify``)."""
+        if waveform.dim() != 2:
+            raise UsageError(f"waveform must be (B, T) at {self.dims.sample_rate_hz} Hz, got shape "
+                             f"{tuple(waveform.shape)}; for raw clips (any shape, rate, numpy or torch) call "
+                             f"model(clip, sample_rate_hz=...) or model.recognize(clip)")
         max_samples = int(self.dims.max_audio_s * self.dims.sample_rate_hz)
         waveform = waveform[:, :max_samples].float()
         if attention_mask is None:
@@ -466,6 +521,39 @@ class AudioStudent(MmerModel):
         else:
             pooled = self.encode_hf(waveform, attention_mask)
         return self.classify(pooled, feature_mean, feature_std, labels)
+
+    recognize_options = MmerModel.recognize_options | {"sample_rate_hz"}
+
+    @torch.inference_mode()
+    def recognize(self, waveforms: Any, sample_rate_hz: int | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> dict | list[dict]:
+        """Labelled emotions of voice clips: ``voice(clip, sample_rate_hz=44_100)`` ->
+        ``{"label": ..., "score": p, "scores": {label: p, ...}}``.
+
+        waveforms: one mono clip (T,) -> one dict; a batch of equal-length clips (B, T) or a
+            list of clips of any lengths -> one dict per clip. numpy or torch, float in [-1, 1]
+            or int16 PCM; clips longer than ``dims.max_audio_s`` keep their start.
+        sample_rate_hz: the clips' rate; None means the model's (``dims.sample_rate_hz``,
+            16 kHz). Other rates are resampled once (:func:`mmer.media.resample`).
+        batch_size: clips per padded forward pass; results equal one-by-one calls.
+
+        Each clip is read on its own; the whisper family reads it against the checkpoint's
+        speaker prior (the live pipeline also adapts to each speaker's voice over time).
+        """
+        rate = self.dims.sample_rate_hz
+        single, clips = waveform_clips(waveforms, rate if sample_rate_hz is None else sample_rate_hz, rate)
+        clips = [c[:self.max_samples] for c in clips]
+        labels = get_label_set(self.dims.label_set).labels
+        results: list[dict] = []
+        for start in batch_starts(len(clips), batch_size):
+            chunk = clips[start:start + batch_size]
+            wave = torch.zeros(len(chunk), max(len(c) for c in chunk))
+            mask = torch.zeros(wave.shape, dtype=torch.long)
+            for row, clip in enumerate(chunk):
+                wave[row, :len(clip)] = torch.from_numpy(clip)
+                mask[row, :len(clip)] = 1
+            results += labelled(self(wave.to(self.device), mask.to(self.device)).probs, labels)
+        return results[0] if single else results
 
     # -- contract (mmer.contract) ---------------------------------------------------------
     @property

@@ -15,6 +15,9 @@ from torch import nn
 
 from mmer.config import from_dict, to_dict
 from mmer.contract import SCORE_OUTPUTS, Contract, ContractError, Processor, collate
+from mmer.errors import UsageError
+
+DEFAULT_BATCH_SIZE = 8  # items per padded forward pass of MmerModel.recognize
 
 
 class MmerModel(nn.Module):
@@ -29,16 +32,22 @@ class MmerModel(nn.Module):
     Dims: ClassVar[type] = object
     modality: ClassVar[str] = ""
 
+    # Keyword options only the labelled route (:meth:`recognize`) takes; passing one routes a
+    # call there even with tensors, e.g. ``voice(torch_batch, sample_rate_hz=16_000)``.
+    recognize_options: ClassVar[frozenset[str]] = frozenset({"batch_size"})
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Tensors: ``forward``, as any torch module. Raw input (a string, a list, an array):
-        :meth:`classify`, labelled results in the transformers habit."""
-        if args and not isinstance(args[0], torch.Tensor) and type(self).classify is not MmerModel.classify:
-            return self.classify(*args, **kwargs)
+        """Tensors alone: ``forward``, as any torch module (trainers, exporters, tracing).
+        Raw input (a string, a list, a numpy array), or any of ``recognize_options``:
+        :meth:`recognize`, labelled results in the transformers habit."""
+        raw = (args and not isinstance(args[0], torch.Tensor)) or not self.recognize_options.isdisjoint(kwargs)
+        if raw and type(self).recognize is not MmerModel.recognize:
+            return self.recognize(*args, **kwargs)
         return super().__call__(*args, **kwargs)
 
-    def classify(self, inputs: Any, batch_size: int = 8) -> Any:
-        """Raw input -> ``{"label", "score", "scores"}`` per item (models that take raw input
-        override this)."""
+    def recognize(self, inputs: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> Any:
+        """Raw input -> one ``{"label", "score", "scores"}`` dict per item, a single item -> one
+        dict (models that take raw input override this; see :func:`mmer.outputs.labelled`)."""
         raise ContractError(f"{type(self).__name__} takes tensors only; call its processor's inputs() first")
 
     def __init__(self, dims: Any) -> None:
@@ -156,3 +165,11 @@ class MmerModel(nn.Module):
 
 def replace_dims(dims: Any, **changes: Any) -> Any:
     return dataclasses.replace(dims, **changes)
+
+
+def batch_starts(n: int, batch_size: int) -> range:
+    """Where each padded batch of :meth:`MmerModel.recognize` starts among ``n`` items;
+    ``batch_size`` below 1 is a :class:`mmer.errors.UsageError`."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return range(0, n, batch_size)

