@@ -67,8 +67,6 @@ REFERENCE_SAMPLES = 8            # inputs each TelME reference model cycles thro
 REFERENCE_FALLBACK_TOKENS = (32, 256)
 TELME_FOR = {"text": "RoBERTa-large", "audio": "data2vec-audio-base", "visual": "TimeSformer-base"}
 CPU_PROVIDERS = ["CPUExecutionProvider"]
-HIST_BINS = 40
-MIN_HIST_MS = 1e-3
 MS = 1000.0
 MB = float(1 << 20)
 
@@ -523,48 +521,25 @@ def markdown(result: dict) -> str:
 
 
 def histogram_figure(result: dict) -> Any:
-    """The latency histograms as a matplotlib Figure: one subplot per benchmarked model (only
-    rows that ran), every backend of that model as one step curve, log-spaced bins on a log x
-    axis (backends differ by orders of magnitude). None without matplotlib or rows."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [(d["info"]["device"], r) for d in result["devices"] for r in d["rows"]]
-    models = list(dict.fromkeys(r["model"] for _, r in rows))
-    if not models:
-        return None
-    fig, axes = plt.subplots(len(models), 1, figsize=(8, 2.4 * len(models)), squeeze=False)
-    for ax, model in zip(axes[:, 0], models):
-        mine = [(dev, r) for dev, r in rows if r["model"] == model]
-        values = np.concatenate([np.asarray(r["samples_ms"], float) for _, r in mine])
-        lo, hi = max(float(values.min()), MIN_HIST_MS), max(float(values.max()), MIN_HIST_MS)
-        if hi <= lo * 1.01:
-            lo, hi = lo / 1.1, hi * 1.1
-        bins = np.logspace(np.log10(lo), np.log10(hi), HIST_BINS + 1)
-        for dev, r in mine:
-            ax.hist(np.clip(r["samples_ms"], lo, hi), bins=bins, histtype="step",
-                    label=f"{r['backend']} {r['precision']} ({dev})")
-        ax.set_xscale("log")
-        ax.set_title(f"{model}: batch-1 latency")
-        ax.set_xlabel("ms (log scale)")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+    """The latency histograms as a matplotlib Figure (:func:`mmer.plots.latency_histograms`): one
+    panel per benchmarked model (only rows that ran), every backend of that model as one step
+    curve, log-spaced bins on a log x axis. None without matplotlib or rows."""
+    from mmer.plots import latency_histograms
+
+    panels: dict[str, dict[str, list[float]]] = {}
+    for d in result["devices"]:
+        for r in d["rows"]:
+            curves = panels.setdefault(f"{r['model']}: batch-1 latency", {})
+            curves[f"{r['backend']} {r['precision']} ({d['info']['device']})"] = r["samples_ms"]
+    return latency_histograms(panels)
 
 
 def histogram_png(result: dict, path: Path) -> Path | None:
     """Write :func:`histogram_figure` to ``path``; None when there is nothing to draw."""
-    fig = histogram_figure(result)
-    if fig is None:
-        return None
-    import matplotlib.pyplot as plt
+    from mmer.plots import save_figure
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig = histogram_figure(result)
+    return None if fig is None else save_figure(fig, path)
 
 
 # -- the run --------------------------------------------------------------------------------------

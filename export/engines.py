@@ -33,6 +33,7 @@ from mmer.contract import BATCH, Contract
 from mmer.errors import EnvironmentProblem
 from mmer.export.config import EngineConfig, ProfilesConfig
 from mmer.extras import require
+from mmer.progress import progress
 from mmer.runtime import ENGINE_CARD, ENGINE_FILE, RTX, RTX_RUNS_ON, TRT  # noqa: F401  (re-exported)
 from mmer.runtime import trt_logger as _logger
 
@@ -152,7 +153,7 @@ def _implicit_calibrator(lib: Any, samples: list[dict[str, np.ndarray]], cache: 
     class Calibrator(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__()
-            self.it = iter(samples)
+            self.it = iter(progress(samples, "int8 calibration (TensorRT)", unit="sample"))
             self.keep: list[Any] = []
 
         def get_batch_size(self) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from mmer.contract import collate
 from mmer.export.config import ParityConfig
 from mmer.labels import get_label_set
+from mmer.progress import progress
 from mmer.runtime import Runtime
 
 PARITY_FILE = "parity.json"
@@ -56,7 +57,7 @@ def compare(reference: Runtime, candidate: Runtime, batches: list[dict[str, np.n
     err: dict[str, float] = {}
     scale: dict[str, float] = {}
     agree = rows = 0
-    for batch in batches:
+    for batch in progress(batches, f"parity {candidate.name}", unit="batch"):
         ref, got = reference(**batch), candidate(**batch)
         for k in reference.outputs:
             err[k] = max(err.get(k, 0.0), float(np.abs(ref[k].astype(np.float64) - got[k]).max()))
@@ -83,7 +84,8 @@ def labelled_f1(model: Any, reference: Runtime, candidate: Runtime, n: int, data
     label_names = list(get_label_set(model.label_set).labels)
     pred = {}
     for key, rt in (("torch", reference), ("candidate", candidate)):
-        pred[key] = [int(rt(**samples[i])["logits"].argmax(-1)[0]) for i in keep]
+        pred[key] = [int(rt(**samples[i])["logits"].argmax(-1)[0])
+                     for i in progress(keep, f"parity F1 {rt.name}", unit="utt")]
     f1 = {k: classification_metrics(y, p, label_names)["weighted_f1"] for k, p in pred.items()}
     return {"utterances": len(y), "weighted_f1_torch": f1["torch"], "weighted_f1_candidate": f1["candidate"],
             "drop_points": (f1["torch"] - f1["candidate"]) * POINTS,

@@ -28,6 +28,7 @@ import numpy as np
 
 from mmer.errors import MmerError
 from mmer.extras import require
+from mmer.progress import progress
 
 FP16_SAFE_MAX = 1.0e4   # |x| above this is kept FP32: FP16 overflows at 65504, and products need headroom
 QUANT_OPS = ("MatMul", "Gemm", "Conv")  # the ops that carry the FLOPs; others stay FP32 for accuracy
@@ -57,7 +58,7 @@ def large_value_nodes(src: str | Path, samples: list[dict[str, np.ndarray]], lim
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     large: set[str] = set()
-    for sample in samples:
+    for sample in progress(samples, "fp16 probe (every tensor exposed)", unit="sample"):
         for name, value in zip(names, session.run(None, sample)):
             value = np.asarray(value)
             if value.dtype.kind == "f" and value.size and float(np.abs(value[np.isfinite(value)]).max(initial=0)) > limit:
@@ -179,13 +180,14 @@ class _SampleReader:
 
     def __init__(self, samples: list[dict[str, np.ndarray]]) -> None:
         self.samples = samples
-        self._it = iter(samples)
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
     def rewind(self) -> None:
-        self._it = iter(self.samples)
+        # ONNX Runtime pulls the samples itself; the bar counts them as it does (a pass per rewind).
+        self._it = iter(progress(self.samples, "int8 calibration", unit="sample"))
 
 
 def _calibration_method(name: str):

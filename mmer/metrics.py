@@ -15,7 +15,7 @@ a class with no support contributes 0 to macro F1 and nothing to weighted F1.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -121,6 +121,19 @@ def format_report(metrics: dict, digits: int = REPORT_DIGITS) -> str:
 def save_confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
                        title: str | None = None) -> Path:
     """Draw the (C, C) count matrix, rows = true class, columns = predicted, as a PNG."""
+    fig = confusion_figure(confusion, labels, title)   # first: it names the extra when matplotlib is missing
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str | None = None) -> Any:
+    """The matplotlib Figure of :func:`save_confusion_png`: the (C, C) counts coloured by
+    row-normalised recall, ``labels`` as the tick labels of both axes."""
     matplotlib = require("matplotlib")
     matplotlib.use("Agg")  # no display on servers and CI; Agg writes files only
     import matplotlib.pyplot as plt
@@ -146,11 +159,7 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str]
                     color="white" if shade[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # -- multimodal sentiment analysis (CMU-MOSI / MOSEI), MMSA's definitions -----------------------

@@ -30,6 +30,7 @@ from mmer.contract import collate  # noqa: F401  (re-exported: samples are colla
 from mmer.errors import MmerError
 from mmer.labels import get_label_set
 from mmer.meld import read_meld_csv
+from mmer.progress import progress
 
 MELD_DIR = "MELD"
 MELD_DEV = "dev_sent_emo.csv"
@@ -163,7 +164,8 @@ def audio_samples(n: int, seed: int = 0, data_root: str | Path | None = None, mi
     except SampleDataError:
         texts = []
     out = []
-    for i in range(n):
+    # espeak-ng runs once per clip, a few seconds for a calibration set: worth a bar.
+    for i in progress(range(n), "audio samples (espeak-ng)", enabled=bool(texts), unit="clip"):
         target_s = rng.uniform(min_s, max_s)
         wave = None
         if texts:

@@ -9,7 +9,8 @@ import pytest
 from sklearn.metrics import classification_report, f1_score
 
 from mmer.labels import get_label_set
-from mmer.metrics import classification_metrics, format_report, save_confusion_png
+from mmer.metrics import (SENTIMENT_CLASSES_7, classification_metrics, confusion_figure, format_report, msa_metrics,
+                          save_confusion_png)
 
 LABELS = get_label_set("meld7").labels
 
@@ -56,3 +57,12 @@ def test_confusion_png(tmp_path):
     path = save_confusion_png(m["confusion"], LABELS, tmp_path / "cm.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000
+
+
+def test_regression_confusion_is_labelled_with_the_acc7_bins():
+    m = msa_metrics([-3.0, -0.4, 0.2, 1.6, 2.9], [-2.6, 0.1, 0.4, 2.2, 3.4])
+    fig = confusion_figure(m["confusion"], m["labels"], title="test")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(SENTIMENT_CLASSES_7)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["-3", "-2", "-1", "0", "1", "2", "3"]
+    assert ax.get_title() == "test"

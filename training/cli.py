@@ -7,9 +7,9 @@
     mmer-eval runs/teacher/checkpoint --data meld --split test --data-root /data/MELD --json out.json
     mmer-eval default-voice --data ravdess --data-root ../shared/eval/ravdess_speech --json ev/voice.json
 
-Multi-GPU (data parallel, through torchrun; see mmer.training.trainer)::
+Multi-GPU (data parallel, through torchrun; docs/training_scale.md)::
 
-    torchrun --nproc_per_node=N -m mmer.training.cli teacher --config configs/meld_teacher.yaml
+    torchrun --standalone --nproc_per_node=N -m mmer.training.cli teacher --config configs/meld_teacher.yaml
 """
 
 from __future__ import annotations
@@ -193,11 +193,11 @@ def evaluate_checkpoint(model: str, data: str, split: str, root: str, clips_root
         if modality not in parts:
             raise EvalError(f"--runtime serves one model; a '{kind}' fusion checkpoint is scored in torch (drop --runtime)")
         served = serve(folder, runtime=runtime, precision=precision)
-        outputs = {modality: run_served(served, dataset, dataset.samples)}
+        outputs = {modality: run_served(served, dataset, dataset.samples, progress=True)}
         kind = f"{kind} ({meta.get('export_format', 'checkpoint')} on {served.describe()})"
     else:
-        outputs = {m: run_frozen(mmer.load(path, device=str(dev)), dataset, dataset.samples, batch_size, dev)
-                   for m, path in parts.items()}
+        outputs = {m: run_frozen(mmer.load(path, device=str(dev)), dataset, dataset.samples, batch_size, dev,
+                                 progress=True) for m, path in parts.items()}
     if modality == "fusion":
         fusion = mmer.load(folder, device=str(dev))
         zeros = np.zeros_like(outputs["text"]["feature"])
@@ -327,14 +327,18 @@ def eval_main(argv: list[str] | None = None) -> int:
     from mmer.runtime import RuntimeUnavailable
     from mmer.serving import ServeError
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        if args.model == "default":
-            metrics, report = evaluate_default(args.data, args.split, args.data_root, args.limit)
-        else:
-            metrics, report = evaluate_checkpoint(args.model, data=args.data, split=args.split, root=args.data_root,
-                                                  clips_root=args.clips_root, fold=args.fold, limit=args.limit,
-                                                  batch_size=args.batch_size, device=args.device,
-                                                  runtime=args.runtime, precision=args.precision)
+        with logging_redirect_tqdm():   # log lines print above the progress bars, not through them
+            if args.model == "default":
+                metrics, report = evaluate_default(args.data, args.split, args.data_root, args.limit)
+            else:
+                metrics, report = evaluate_checkpoint(args.model, data=args.data, split=args.split,
+                                                      root=args.data_root, clips_root=args.clips_root,
+                                                      fold=args.fold, limit=args.limit,
+                                                      batch_size=args.batch_size, device=args.device,
+                                                      runtime=args.runtime, precision=args.precision)
     except KeyError as e:                 # an unknown runtime name, with the closest registered one
         print(f"mmer-eval: {e.args[0]}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ from mmer.config import ConfigError, from_dict, save_config
 from mmer.labels import get_label_set
 from mmer.models.msa import REGRESSION
 from mmer.registry import MODELS
+from mmer.training.distributed import is_main_process
 from mmer.training.mmsa import MmsaDataset, MmsaSplit, load_mmsa, mmsa_collate
 from mmer.training.recipes import MsaRecipe
 from mmer.training.trainer import Splits, StepOutput, Trainer
@@ -152,6 +153,8 @@ def run_msa_seeds(recipe: MsaRecipe, seeds: Sequence[int], resume: bool = False)
         results[seed] = run_msa(run, resume=resume and (Path(run.out) / "last_state.pt").exists())
     summary = summarise_seeds(results)
     summary.update({"model": recipe.model.name, "data": recipe.data.path, "task": recipe.data.task})
+    if not is_main_process():   # under torchrun only rank 0 scored test; it writes the summary
+        return summary
     out.mkdir(parents=True, exist_ok=True)
     save_config(recipe, out / "config.yaml")
     (out / SUMMARY).write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -37,6 +37,7 @@ def evaluate_stack(data: str, split: str, root: str, limit: int = 0, models: Any
     import torch
 
     from mmer.dialogue import Turn
+    from mmer.progress import progress
     from mmer.realtime.config import ModelsConfig
     from mmer.realtime.frames import Utterance
     from mmer.realtime.predictor import load_stack
@@ -62,7 +63,7 @@ def evaluate_stack(data: str, split: str, root: str, limit: int = 0, models: Any
     per_modality: dict[str, np.ndarray] = {}
     abstained: Counter = Counter()
     t0 = time.perf_counter()
-    for k, i in enumerate(order):
+    for k, i in enumerate(progress(order, f"mmer-eval default {data} {split}", total=len(dataset), unit="utt")):
         sample = dataset.samples[i]
         audio = np.zeros(0, np.float32)
         if "audio" in modalities:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +30,11 @@ import mmer
 from mmer.checkpoint import read_meta
 from mmer.config import ConfigError, from_dict
 from mmer.labels import get_label_set
+from mmer.progress import progress as progress_bar
 from mmer.training.cache import FeatureCache, default_cache_dir, encoder_fingerprint
 from mmer.training.datasets import (DatasetError, EmotionDataset, MediaOptions, Sample, build_dataset, pad_waveforms,
                                     stack_frames)
+from mmer.training.distributed import main_process_first
 from mmer.training.losses import class_weights_from_counts, cross_entropy, student_loss
 from mmer.training.recipes import DataConfig, FusionRecipe, StudentRecipe, TeacherRecipe
 from mmer.training.sentiment import run_msa
@@ -78,13 +81,19 @@ def build_split(data: DataConfig, split: str, modalities: Sequence[str], progres
     return ds
 
 
-def build_splits(data: DataConfig, modalities: Sequence[str], progress: bool = True) -> dict[str, EmotionDataset]:
-    """train / dev / test datasets; an empty split (EmoDB LOSO without dev speaker) is left out."""
+def build_splits(data: DataConfig, modalities: Sequence[str], progress: bool = True,
+                 device: str = "auto") -> dict[str, EmotionDataset]:
+    """train / dev / test datasets; an empty split (EmoDB LOSO without dev speaker) is left out.
+
+    device: ``optim.device``; under torchrun with ``data.probe_cache_dir`` set, rank 0 probes the
+    clips and writes the probe cache first, then the other ranks read it.
+    """
     out = {}
-    for split in SPLIT_NAMES:
-        ds = build_split(data, split, modalities, progress)
-        if len(ds):
-            out[split] = ds
+    with main_process_first(device) if data.probe_cache_dir else nullcontext():
+        for split in SPLIT_NAMES:
+            ds = build_split(data, split, modalities, progress)
+            if len(ds):
+                out[split] = ds
     for needed in ("train", "dev"):
         if needed not in out:
             raise DatasetError(f"{data.name}: the {needed} split is empty (limit={data.limit}); model selection "
@@ -157,7 +166,7 @@ def build_teacher(recipe: TeacherRecipe, label_set: str):
 
 def run_teacher(recipe: TeacherRecipe, resume: bool = False) -> dict:
     """Fine-tune the text teacher on ``recipe.data`` (text only)."""
-    datasets = build_splits(recipe.data, ("text",), recipe.optim.progress)
+    datasets = build_splits(recipe.data, ("text",), recipe.optim.progress, recipe.optim.device)
     label_set = label_set_of(recipe.data)
     torch.manual_seed(recipe.optim.seed)  # the random head weights
     teacher = build_teacher(recipe, label_set)
@@ -216,11 +225,12 @@ def student_forward(model, batch: dict):
 
 @torch.no_grad()
 def run_frozen(model, dataset: EmotionDataset, samples: Sequence[Sample], batch_size: int,
-               device: torch.device) -> dict[str, np.ndarray]:
+               device: torch.device, progress: bool = False) -> dict[str, np.ndarray]:
     """Outputs of a teacher / audio / visual model on ``samples``.
 
     Returns {"logits": (n, C), "feature": (n, D), "present": (n,) float 1/0}. Rows whose clip
-    is unusable get zero logits and features (no evidence) and present 0.
+    is unusable get zero logits and features (no evidence) and present 0. ``progress``: a bar
+    on stderr over the batches when it is a terminal (mmer-eval; the training cache has its own).
     """
     modality = getattr(model, "modality", "")
     if modality not in ("text", "audio", "visual"):
@@ -229,10 +239,11 @@ def run_frozen(model, dataset: EmotionDataset, samples: Sequence[Sample], batch_
     if model.contract().speaker_state:  # speaker-normalised: speakers met in order
         from mmer.training.voice import speaker_causal_outputs
 
-        return speaker_causal_outputs(model, dataset, samples)
+        return speaker_causal_outputs(model, dataset, samples, progress=progress)
     model.eval()
     out: dict[str, list] = {"logits": [], "feature": [], "present": []}
-    for start in range(0, len(samples), batch_size):
+    starts = range(0, len(samples), batch_size)
+    for start in progress_bar(starts, f"{modality} {dataset.name} {dataset.split}", enabled=progress, unit="batch"):
         chunk = samples[start:start + batch_size]
         if modality == "text":
             batch = model.prompt.collate([model.prompt.encode(s.turns, s.target_index) for s in chunk])
@@ -250,10 +261,12 @@ def run_frozen(model, dataset: EmotionDataset, samples: Sequence[Sample], batch_
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def run_served(served: Any, dataset: EmotionDataset, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+def run_served(served: Any, dataset: EmotionDataset, samples: Sequence[Sample],
+               progress: bool = False) -> dict[str, np.ndarray]:
     """What :func:`run_frozen` returns, from any served artefact (:mod:`mmer.serving`: an export
     folder on ONNX Runtime or TensorRT, or a checkpoint on torch), one sample at a time through
-    the model's own processor. Speaker-stateful models meet the speakers in the live order."""
+    the model's own processor. Speaker-stateful models meet the speakers in the live order.
+    ``progress``: a bar on stderr over the samples when it is a terminal."""
     from mmer.models.visual_student import LUMA_RGB   # RGB -> gray, for graphs that read gray crops
     from mmer.training.voice import causal_order
 
@@ -267,7 +280,9 @@ def run_served(served: Any, dataset: EmotionDataset, samples: Sequence[Sample]) 
     feats: list = [None] * len(samples)
     present = np.zeros(len(samples), np.float32)
     gray = served.contract.input("frames").shape[2] == 1 if modality == "visual" else False
-    for done, i in enumerate(order, 1):
+    bar = progress_bar(order, f"{served.name} {dataset.name} {dataset.split}", total=len(samples),
+                       enabled=progress, unit="sample")
+    for done, i in enumerate(bar, 1):
         s = samples[i]
         if modality == "text":
             out = served.predict(list(s.turns), target=s.target_index)
@@ -298,8 +313,15 @@ def cached_outputs(checkpoint: str, datasets: dict[str, EmotionDataset], cache_d
                    batch_size: int, device: torch.device, media: MediaOptions) -> tuple[Any, dict[str, dict]]:
     """Load a frozen checkpoint and its outputs on every sample (computed once, then from disk).
 
-    Returns (model, uid -> {"logits", "feature", "present"}).
+    Returns (model, uid -> {"logits", "feature", "present"}). Under torchrun, rank 0 computes and
+    writes the cache while the other ranks wait, then they read it (training/distributed.py).
     """
+    with main_process_first(device.type):
+        return _cached_outputs(checkpoint, datasets, cache_dir, batch_size, device, media)
+
+
+def _cached_outputs(checkpoint: str, datasets: dict[str, EmotionDataset], cache_dir: str | Path,
+                    batch_size: int, device: torch.device, media: MediaOptions) -> tuple[Any, dict[str, dict]]:
     model = mmer.load(checkpoint, device=str(device))
     for p in model.parameters():
         p.requires_grad_(False)
@@ -423,7 +445,7 @@ def run_student(recipe: StudentRecipe, resume: bool = False) -> dict:
     if modality == "visual":  # frames must come decoded at the student's input geometry
         data = replace(data, frame_size_px=student.dims.image_size, n_frames=student.dims.num_frames)
     modalities = (("text",) if distil else ()) + (modality,)
-    datasets = build_splits(data, modalities, recipe.optim.progress)
+    datasets = build_splits(data, modalities, recipe.optim.progress, recipe.optim.device)
     teacher_out: dict[str, dict] = {}
     if distil:
         cache_dir = recipe.cache_dir or default_cache_dir()
@@ -470,7 +492,7 @@ def run_fusion(recipe: FusionRecipe, resume: bool = False) -> dict:
         vdims = read_meta(recipe.visual_student)["dims"]
         data = replace(data, frame_size_px=vdims["image_size"], n_frames=vdims["num_frames"])
     modalities = ("text",) + tuple(m for m, path in students.items() if path)
-    datasets = build_splits(data, modalities, recipe.optim.progress)
+    datasets = build_splits(data, modalities, recipe.optim.progress, recipe.optim.device)
     label_set = label_set_of(data)
     device = resolve_device(recipe.optim.device)
     cache_dir = recipe.cache_dir or default_cache_dir()

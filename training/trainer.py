@@ -20,11 +20,14 @@ The run folder::
     checkpoint/           the selected model (mmer.checkpoint.save_checkpoint, with provenance)
     last_state.pt         resume state (read back with torch.load(weights_only=True))
 
-Multi-GPU: launched by torchrun (env RANK / WORLD_SIZE / LOCAL_RANK), the Trainer initialises
-torch.distributed, wraps the model in DistributedDataParallel and shards the training set with
-a DistributedSampler (length bucketing is then off); rank 0 alone writes files::
+Multi-GPU: launched by torchrun (env RANK / WORLD_SIZE / LOCAL_RANK), the Trainer joins the
+process group (training/distributed.py), wraps the model in DistributedDataParallel and shards
+the training set with a DistributedSampler (length bucketing is then off). Rank 0 alone scores
+dev and test and writes the run folder; the other ranks wait for it at the end of each epoch.
+``batch_size`` is per process: the effective batch is batch_size x world size x grad_accum_steps,
+and the learning rate is used as given (docs/training_scale.md)::
 
-    torchrun --nproc_per_node=4 -m mmer.training.cli teacher --config configs/meld_teacher.yaml
+    torchrun --standalone --nproc_per_node=4 -m mmer.training.cli teacher --config configs/meld_teacher.yaml
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from mmer.checkpoint import WEIGHTS, save_checkpoint
 from mmer.config import ConfigError, bounded, save_config, to_dict
 from mmer.metrics import (classification_metrics, format_msa_report, format_report, msa_metrics,
                           save_confusion_png)
+from mmer.training.distributed import init_distributed, rank, world_size
 from mmer.training.schedule import make_scheduler, total_optimizer_steps, warmup_steps_for
 
 BUCKET_SIZE_BATCHES = 50   # length bucketing sorts within pools of this many batches
@@ -294,20 +298,9 @@ class Trainer:
         self.run_config = run_config if run_config is not None else cfg
         self.provenance = dict(provenance or {})
         self.checkpoint_dtype = checkpoint_dtype
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size, self.rank = world_size(), rank()
         self.distributed = self.world_size > 1
-        if self.distributed:
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            if torch.cuda.is_available():
-                torch.cuda.set_device(local_rank)
-                self.device = torch.device("cuda", local_rank)
-            else:
-                self.device = torch.device("cpu")
-            if not torch.distributed.is_initialized():
-                torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        else:
-            self.device = resolve_device(cfg.device)
+        self.device = init_distributed(cfg.device) if self.distributed else resolve_device(cfg.device)
         self.is_main = self.rank == 0
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
 
@@ -406,9 +399,14 @@ class Trainer:
             wall_before = float(state.get("wall_time_s", 0.0))
         else:
             resume_batches, resume_partial, wall_before = 0, {}, 0.0
+        if self.distributed:
+            self._check_same_start(first_epoch, resume_batches)
         if self.is_main:
+            ranks = f" x {self.world_size} processes" if self.distributed else ""
             print(f"[mmer-train] device={self.device} amp={self.amp_dtype} train={len(self.splits.train)} "
-                  f"steps={total} (warm-up {warmup}) run_dir={self.run_dir}", flush=True)
+                  f"steps={total} (warm-up {warmup}) batch {cfg.batch_size}{ranks} x accumulation "
+                  f"{cfg.grad_accum_steps} = {cfg.batch_size * self.world_size * cfg.grad_accum_steps} "
+                  f"run_dir={self.run_dir}", flush=True)
 
         def save_state(epoch_done: int, batches_done: int, partial: dict) -> None:
             """Write last_state.pt atomically: after ``epoch_done`` (0-based, -1 = none) plus
@@ -462,13 +460,17 @@ class Trainer:
                         save_state(epoch - 1, i + 1, partial)
                 bar.set_postfix(loss=f"{partial['loss_sum'] / max(partial['n_seen'], 1):.4f}",
                                 lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            dev, _ = self._score(self.model, "dev")
+            # Rank 0 alone scores dev; the others wait at the barrier below. Every rank holds the
+            # same weights, so more copies of the score would only cost time. (Train loss and
+            # parts are rank 0's shard of the epoch.)
+            dev = self._score(self.model, "dev")[0] if self.is_main else None
             seen = max(partial["n_seen"], 1)
             row = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / seen,
                    "train_parts": {k: v / seen for k, v in partial["parts"].items()},
                    "lr": optimizer.param_groups[0]["lr"], "dev": dev}
             history.append(row)
-            improved = dev[key] > best[key] if self.task.higher_is_better else dev[key] < best[key]
+            improved = dev is not None and (dev[key] > best[key] if self.task.higher_is_better
+                                            else dev[key] < best[key])
             if improved:
                 best = {"epoch": epoch + 1, key: dev[key], "dev": dev}
             if self.is_main:
@@ -484,12 +486,24 @@ class Trainer:
                 return {"history": history, "best": best, "stopped_after_epoch": epoch + 1}
         return self._finish(history, best, wall_before + time.perf_counter() - start_wall)
 
+    def _check_same_start(self, first_epoch: int, batches_done: int) -> None:
+        """Refuse a resume in which the ranks would start from different points (they would wait
+        for each other forever): every rank reads rank 0's last_state.pt, so the run folder must
+        be on a filesystem that every node sees."""
+        starts: list = [None] * self.world_size
+        torch.distributed.all_gather_object(starts, (first_epoch, batches_done))
+        if len(set(starts)) > 1:
+            raise FileNotFoundError(
+                f"the {self.world_size} processes would resume from different points (epoch, batch per rank: "
+                f"{starts}): every rank reads {self.run_dir / LAST_STATE}, so the run folder must be on a "
+                f"filesystem that every node shares")
+
     def _finish(self, history: list[dict], best: dict, wall: float) -> dict:
         """Reload the selected weights, score test once, write report, picture and checkpoint."""
         from safetensors.torch import load_file
 
         result = {"history": history, "best": best}
-        if not self.is_main:
+        if not self.is_main:   # training is over for this rank: rank 0 scores test and writes alone
             return result
         if best["epoch"] < 0:
             raise RuntimeError("no epoch was trained; nothing to select")

@@ -33,14 +33,16 @@ import torch.nn.functional as F
 
 from mmer.calibration import Calibration
 from mmer.checkpoint import save_checkpoint
-from mmer.config import from_dict
+from mmer.config import ConfigError, from_dict
 from mmer.labels import get_label_map, get_label_set
 from mmer.metrics import classification_metrics, format_report, save_confusion_png, unweighted_accuracy
 from mmer.models.audio_student import AudioStudent, AudioStudentDims
+from mmer.progress import progress as progress_bar
 from mmer.speaker_norm import SpeakerNormalizer
 from mmer.training.augment import AugmentConfig, augment
 from mmer.training.cache import default_cache_dir
 from mmer.training.datasets import EmotionDataset, Sample, build_dataset
+from mmer.training.distributed import is_distributed
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,12 @@ def _fingerprint(model: AudioStudent, dataset: EmotionDataset, copies: int, aug:
 
 def dataset_features(model: AudioStudent, dataset: EmotionDataset, copies: int = 0,
                      aug: AugmentConfig | None = None, cache_dir: Path | None = None,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of every sample (copy 0 = the clean clip, then ``copies`` augmented ones).
 
     Returns (features (copies + 1, N, H) float32, usable (N,) bool). A clip that cannot be
-    decoded is unusable (logged by the dataset) and gets zeros.
+    decoded is unusable (logged by the dataset) and gets zeros. ``progress``: a bar on stderr
+    over the clips when it is a terminal.
     """
     path = None
     if cache_dir is not None:
@@ -85,7 +88,9 @@ def dataset_features(model: AudioStudent, dataset: EmotionDataset, copies: int =
     feats = np.zeros((copies + 1, n, width), np.float32)
     usable = np.zeros(n, bool)
     t0 = time.perf_counter()
-    for i, sample in enumerate(dataset.samples):
+    bar = progress_bar(dataset.samples, f"voice features {dataset.name} {dataset.split}", enabled=progress,
+                       unit="clip")
+    for i, sample in enumerate(bar):
         clip = dataset.load_audio(sample)
         if not clip.valid or clip.data.size == 0:
             continue
@@ -140,11 +145,11 @@ def causal_statistics(normalizer: SpeakerNormalizer, features: np.ndarray, speak
 
 @torch.no_grad()
 def speaker_causal_outputs(model: AudioStudent, dataset: EmotionDataset, samples: Sequence[Sample],
-                           seed: int = ORDER_SEED) -> dict[str, np.ndarray]:
+                           seed: int = ORDER_SEED, progress: bool = False) -> dict[str, np.ndarray]:
     """What :func:`mmer.training.stages.run_frozen` returns, for a whisper-family voice model:
     every sample normalised by its speaker's running statistics, speakers met as live."""
     sub = _Subset(dataset, samples)
-    feats, usable = dataset_features(model, sub)
+    feats, usable = dataset_features(model, sub, progress=progress)
     speakers = [s.speaker or s.dialogue_id for s in samples]
     mean, std = causal_statistics(SpeakerNormalizer.for_model(model), feats[0], speakers, usable, seed)
     out = model.classify(torch.from_numpy(feats[0]).to(model.device), torch.from_numpy(mean).to(model.device),
@@ -214,6 +219,9 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
     features make a rerun take seconds."""
     from mmer.training.stages import build_splits
 
+    if is_distributed():   # every process would write the same files at once
+        raise ConfigError("the whisper voice recipe trains a linear head on cached features in seconds, in "
+                          "one process: run mmer-train without torchrun")
     voice = recipe.voice
     out_dir = Path(recipe.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +239,8 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
     xs, ys, clean_parts = [], [], []
     copies = [aug.copies] + [voice.extra_copies] * len(voice.extra)
     for ds, n_copies in zip(train_sets, copies):
-        feats, usable = dataset_features(model, ds, n_copies, aug, cache_dir, recipe.optim.seed)
+        feats, usable = dataset_features(model, ds, n_copies, aug, cache_dir, recipe.optim.seed,
+                                         progress=recipe.optim.progress)
         y = _meld_labels(ds)
         speakers = np.array([f"{ds.name}/{s.speaker}" for s in ds.samples])
         clean_parts.append(feats[0][usable])
@@ -249,7 +258,7 @@ def run_whisper_student(recipe, resume: bool = False) -> dict:
         ds = primary.get(split)
         if ds is None or not len(ds):
             continue
-        feats, usable = dataset_features(model, ds, 0, None, cache_dir)
+        feats, usable = dataset_features(model, ds, 0, None, cache_dir, progress=recipe.optim.progress)
         speakers = [s.speaker for s in ds.samples]
         mean, std = causal_statistics(normalizer, feats[0], speakers, usable)
         normed = (feats[0] - mean) / np.maximum(std, 1e-3)

@@ -36,7 +36,7 @@ def test_bench_models_writes_json_markdown_and_histogram(tmp_path, capsys):
         assert r["throughput_batch"] == 8 and r["size_mb"] > 0
     md = out.with_suffix(".md").read_text()
     assert "| asf (asf) | onnxruntime | fp32 |" in md
-    assert out.with_suffix(".png").stat().st_size > 0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _run(tmp_path, *args: str) -> dict:

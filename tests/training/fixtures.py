@@ -203,7 +203,7 @@ def make_tiny_iemocap(root: str | Path, sessions: tuple[int, ...] = (1, 5), with
                 start, end = t, t + UTT_S
                 t = end + GAP_S
                 eval_lines += [f"[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]",
-                               f"C-E1:\t{label.capitalize()};\t()", f"A-E1:\tval 3; act 3; dom  3;\t()", ""]
+                               f"C-E1:\t{label.capitalize()};\t()", "A-E1:\tval 3; act 3; dom  3;\t()", ""]
                 trans_lines.append(f"{utt} [{start:08.4f}-{end:08.4f}]: {text}")
                 utts.append((utt, label, text))
                 media_jobs.append(["sox", "-n", "-r", str(IEMOCAP_RATE_HZ), "-b", "16", "-c", "1",

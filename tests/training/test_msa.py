@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmer
-from mmer.metrics import MSA_METRICS, msa_metrics
+from mmer.metrics import MSA_METRICS, SENTIMENT_CLASSES_7, msa_metrics
 from mmer.training.cli import train_main
 from mmer.training.datasets import DatasetError
 from mmer.training.mmsa import load_mmsa, make_synthetic_mmsa
@@ -126,18 +126,35 @@ def tiny_pkl(tmp_path_factory) -> Path:
     return path
 
 
+# run name -> (x, y) tick labels of the figure behind its confusion_matrix.png
+CONFUSION_TICKS: dict[str, tuple[list[str], list[str]]] = {}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_pkl) -> dict[str, Path]:
-    """One `mmer-train msa` run per model, through the command-line entry point."""
+    """One `mmer-train msa` run per model, through the command-line entry point; the tick labels
+    of each run's confusion picture land in CONFUSION_TICKS."""
+    import mmer.metrics
+
     torch.set_num_threads(1)
     out = {}
-    for name in MODELS:
-        run = tmp_path_factory.mktemp(f"run_{name}")
-        code = train_main(["msa", "--model", name, "--data", str(tiny_pkl), "--out", str(run),
-                           f"optim.epochs={EPOCHS}", "optim.lr=3e-3" if name != "cenet" else "optim.lr=1e-4",
-                           "optim.progress=false", *SMALL[name]])
-        assert code == 0, name
-        out[name] = run
+    draw = mmer.metrics.confusion_figure
+    with pytest.MonkeyPatch.context() as mp:
+        for name in MODELS:
+            def recorded(*args, name=name, **kwargs):
+                fig = draw(*args, **kwargs)
+                ax = fig.axes[0]
+                CONFUSION_TICKS[name] = ([t.get_text() for t in ax.get_xticklabels()],
+                                         [t.get_text() for t in ax.get_yticklabels()])
+                return fig
+
+            mp.setattr(mmer.metrics, "confusion_figure", recorded)
+            run = tmp_path_factory.mktemp(f"run_{name}")
+            code = train_main(["msa", "--model", name, "--data", str(tiny_pkl), "--out", str(run),
+                               f"optim.epochs={EPOCHS}", "optim.lr=3e-3" if name != "cenet" else "optim.lr=1e-4",
+                               "optim.progress=false", *SMALL[name]])
+            assert code == 0, name
+            out[name] = run
     return out
 
 
@@ -147,6 +164,10 @@ def test_msa_run_writes_every_artifact_and_learns(runs, tiny_pkl, name):
     for artifact in ("config.yaml", "metrics.json", "report.txt", "confusion_matrix.png", "checkpoint/mmer.json",
                      "checkpoint/model.safetensors"):
         assert (run / artifact).is_file(), artifact
+    assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The picture's rows and columns are the Acc-7 bins, named on both axes.
+    assert CONFUSION_TICKS[name] == (list(SENTIMENT_CLASSES_7), list(SENTIMENT_CLASSES_7))
+    assert SENTIMENT_CLASSES_7 == ("-3", "-2", "-1", "0", "1", "2", "3")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "regression" and metrics["selection"] == "dev mae (min)"
     test = metrics["test"]
