@@ -1,6 +1,6 @@
 """``mmer-bench live``: replay a recording through the whole live pipeline and report latency.
 
-    mmer-bench live --input mmer/assets/sample/conversation.mp4 --json bench_live.json
+    mmer-bench live --input mmer/assets/sample/conversation.mp4 --json bench_live.json   # + bench_live.png
 
 The recording is replayed as fast as possible, in lockstep (each utterance is emitted before
 the replay reads on), so every utterance's latency is what it would be live, where utterances
@@ -9,7 +9,8 @@ Two runs: without speech-to-text (the words come from the recording's transcript
 it when there is one, as a host with its own ASR would supply them) and with it. For every stage
 of ``latency_ms`` it prints p50 / p95 over the utterances (``--repeats`` replays pool more of
 them), and the camera path's own throughput: frames per second of face detection + expression
-with nothing else running.
+with nothing else running. With ``--json OUT.json`` it also writes OUT.png: one latency
+histogram per stage (each run a curve, log x axis; mmer.plots).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mmer.realtime.config import LiveConfig, load_live_config
 STAGES = ("capture_to_end_of_speech", "asr_wait", "asr", "text_wait", "face_wait", "face", "text", "voice",
           "voice_wait", "fusion", "end_of_speech_to_emit")
 DEFAULT_REPEATS = 3
+HISTOGRAM_COLUMNS = 2      # eleven stages in one column would make a very tall picture
 PERCENTILES = (50, 95)
 
 
@@ -43,7 +45,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return out
 
 
-def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | None) -> tuple[dict, Any]:
+def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | None,
+            name: str = "") -> tuple[dict, Any]:
+    from mmer.progress import progress
     from mmer.realtime.make_sample import feed_transcript
     from mmer.realtime.build import build_pipeline
     from mmer.realtime.sources import FileSource
@@ -53,21 +57,30 @@ def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | 
         feed_transcript(pipeline, transcript)
     predictions: list[dict] = []
     pipeline.on_prediction(predictions.append)
+    bar = progress(desc=f"mmer-bench live {name}".strip(), unit="utt")   # the total is known after one pass
+    pipeline.on_prediction(lambda _: bar.update())
     try:
         pipeline.warmup()
         t0 = time.perf_counter()
-        for _ in range(repeats):
+        for k in range(repeats):
             source = FileSource(input_path, realtime=False, include_video=pipeline.face_path is not None).open()
             try:
                 pipeline.run(source)
             finally:
                 source.close()
             pipeline.reset()
+            if k == 0:
+                bar.total = len(predictions) * repeats
+                bar.refresh()
         wall_s = time.perf_counter() - t0
         stats = pipeline.stats_line()
     finally:
         pipeline.close()
+        bar.close()
     stages = {s: percentiles([p.latency_ms[s] for p in predictions if s in p.latency_ms]) for s in STAGES}
+    for s, stage in stages.items():   # every utterance's value too, for the histogram
+        if stage["n"]:
+            stage["samples_ms"] = [round(p.latency_ms[s], 3) for p in predictions if s in p.latency_ms]
     result = {"utterances": len(predictions), "replay_wall_s": round(wall_s, 3),
               "modalities": sorted({m for p in predictions for m in p.modalities}),
               "stages_ms": {k: v for k, v in stages.items() if v["n"]}, "stats": stats}
@@ -76,6 +89,7 @@ def _replay(cfg: LiveConfig, input_path: Path, repeats: int, transcript: Path | 
 
 def camera_path_fps(face_model: Any, input_path: Path, track: str = "follow", torch_threads: int = 1) -> dict:
     """Face detection + expression over every frame of the file, nothing else running."""
+    from mmer.progress import progress
     from mmer.realtime.face_path import FacePath
     from mmer.realtime.frames import VideoFrame
     from mmer.realtime.sources import FileSource
@@ -83,6 +97,7 @@ def camera_path_fps(face_model: Any, input_path: Path, track: str = "follow", to
     path = FacePath(face_model, max_fps=1e9, block_when_behind=True, track=track, torch_threads=torch_threads)
     source = FileSource(input_path, realtime=False).open()
     frames = 0
+    bar = progress(desc="mmer-bench live camera path", unit="frame")
     try:
         path.start()
         path.push(VideoFrame(np.zeros((240, 320, 3), np.uint8), -1.0, -1))  # warm-up, in the worker thread
@@ -93,11 +108,13 @@ def camera_path_fps(face_model: Any, input_path: Path, track: str = "follow", to
             if isinstance(item, VideoFrame):
                 path.push(item)
                 frames += 1
+                bar.update()
         path.flush()
         wall_s = time.perf_counter() - t0
     finally:
         source.close()
         path.close()
+        bar.close()
     times = list(path.frame_ms)
     return {"frames": frames, "fps": round(frames / wall_s, 1) if wall_s > 0 and frames else 0.0,
             "faces_found": path.stats["faces_found"], "frame_ms": percentiles(times)}
@@ -111,7 +128,8 @@ def bench_live(input: str | Path, json_out: str | Path | None = None, config: Li
 
     input_path = Path(input)
     cfg = config or load_live_config()
-    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, show=False),
+    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, web_port=None,
+                                                                    show=False),
                               sources=dataclasses.replace(cfg.sources, input=str(input_path), realtime=False))
     transcript = input_path.with_suffix(".json")
     transcript = transcript if transcript.is_file() else None
@@ -124,7 +142,7 @@ def bench_live(input: str | Path, json_out: str | Path | None = None, config: Li
     pipeline = None
     for name, run_cfg in runs:
         try:
-            results["runs"][name], pipeline = _replay(run_cfg, input_path, repeats, transcript)
+            results["runs"][name], pipeline = _replay(run_cfg, input_path, repeats, transcript, name)
         except (MissingExtra, FileNotFoundError) as e:
             results["runs"][name] = {"skipped": str(e)}
             continue
@@ -137,7 +155,37 @@ def bench_live(input: str | Path, json_out: str | Path | None = None, config: Li
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        try:
+            png = histogram_png(results, Path(json_out).with_suffix(".png"))
+            said = f", latency histogram -> {png}" if png else "; no latency histogram: no utterance was timed"
+        except MissingExtra as e:
+            said = f"; no latency histogram: {e}"
+        print(f"mmer-bench: results -> {json_out}{said}", file=sys.stderr)
     return results
+
+
+def histogram_figure(results: dict) -> Any:
+    """The per-stage latency histograms as a matplotlib Figure (:func:`mmer.plots.latency_histograms`):
+    one panel per stage that has values, each run (without / with ASR) one curve, log x axis.
+    None without matplotlib or without utterances."""
+    from mmer.plots import latency_histograms
+
+    runs = {name: run["stages_ms"] for name, run in results["runs"].items() if "stages_ms" in run}
+    panels = {f"{stage} (per utterance)": {name: stages[stage].get("samples_ms", ())
+                                           for name, stages in runs.items() if stage in stages}
+              for stage in STAGES}
+    return latency_histograms(panels, columns=HISTOGRAM_COLUMNS)
+
+
+def histogram_png(results: dict, path: Path) -> Path | None:
+    """Write :func:`histogram_figure` to ``path``; None when there is nothing to draw
+    (MissingExtra without matplotlib, which the live extra does not install)."""
+    from mmer.extras import require
+    from mmer.plots import save_figure
+
+    require("matplotlib")
+    fig = histogram_figure(results)
+    return None if fig is None else save_figure(fig, path)
 
 
 def format_table(results: dict) -> str:

@@ -24,15 +24,37 @@ _LOAD = object()   # the default of build_pipeline's parts: load it from the con
 
 
 def open_websocket(config: LiveConfig, on_message: Any = None) -> Any:
-    """Bind the websocket of ``config.outputs`` now (raises PortError when it cannot), or None."""
+    """Bind the websocket of ``config.outputs`` now (raises PortError when it cannot), or None.
+
+    With ``outputs.web_port`` it also serves the live page, on the same port."""
     out = config.outputs
-    if out.ws_port is None:
+    port = out.websocket_port()
+    if port is None:
         return None
     from mmer.realtime.websocket import WebSocketServer
 
-    return WebSocketServer(out.ws_port, out.ws_host, on_message, origins=out.ws_origins, token=out.ws_token,
+    page = page_settings(config) if out.web_port is not None else None
+    return WebSocketServer(port, out.ws_host, on_message, origins=out.ws_origins, token=out.ws_token,
                            max_clients=out.ws_max_clients, max_message_bytes=out.ws_max_message_bytes,
-                           max_messages_per_s=out.ws_max_messages_per_s).start()
+                           max_messages_per_s=out.ws_max_messages_per_s, page=page).start()
+
+
+def page_settings(config: LiveConfig) -> dict:
+    """What the live page needs besides the stream: the camera frame's size, so that it can draw
+    the face box (``box`` is in frame pixels); None when unknown (the page then scales to the box)."""
+    s = config.sources
+    frame_px = None
+    if s.input:
+        from mmer.media import MediaError, probe
+
+        try:
+            video = probe(s.input).video
+        except (MediaError, OSError):   # reported when the source opens
+            video = None
+        frame_px = None if video is None else [video.width_px, video.height_px]
+    elif s.camera is not None:
+        frame_px = [s.camera_width_px, s.camera_height_px]   # asked of the camera; most give it
+    return {"frame_px": frame_px}
 
 
 def build_pipeline(config: LiveConfig, *, predictor: Any = None, face_model: Any = _LOAD, asr: Any = None,

@@ -91,6 +91,9 @@ def build_live_parser() -> argparse.ArgumentParser:
                      "clients (no Origin header) and mmer's own page are always allowed, other sites refused")
     out.add_argument("--ws-token", metavar="SECRET", help="clients must present SECRET (?token=SECRET or "
                      "Authorization: Bearer SECRET)")
+    out.add_argument("--web", type=int, metavar="PORT", help="serve the live page on http://127.0.0.1:PORT/ (label, "
+                     "probability bars, valence/arousal, transcript, face box, latency), from the websocket on "
+                     "the same port (opened there when --ws is not given); 0 picks a free port")
     out.add_argument("--show", action="store_true", help="OpenCV window: face box, label, probability bars")
     return p
 
@@ -132,6 +135,8 @@ def resolve_config(args: argparse.Namespace) -> LiveConfig:
         outputs = rep(outputs, json=args.json)
     if getattr(args, "ws", None) is not None:
         outputs = rep(outputs, ws_port=args.ws)
+    if getattr(args, "web", None) is not None:
+        outputs = rep(outputs, web_port=args.web)
     if getattr(args, "ws_origin", None):
         outputs = rep(outputs, ws_origins=tuple(outputs.ws_origins) + tuple(args.ws_origin))
     if getattr(args, "ws_token", None):
@@ -211,6 +216,10 @@ def describe(pipeline: Any, cfg: LiveConfig) -> list[str]:
     if pipeline.overlay is not None:
         outs.append("overlay" if pipeline.overlay.enabled else f"overlay off: {pipeline.overlay.reason}")
     lines.append("outputs: " + (", ".join(outs) or "none"))
+    page = pipeline.websocket.page_url() if pipeline.websocket is not None else None
+    if page is not None:  # the secret is not printed: the user knows it
+        lines.append(f"live page: {page}" + ("?token=<your --ws-token>" if out.ws_token else "")
+                     + " (open it in a browser on this machine)")
     return lines
 
 
@@ -247,11 +256,13 @@ def stop_on_signals(pipeline: Any, prog: str, stopped: list | None = None) -> It
 
 
 def check_ws_port(cfg: LiveConfig) -> None:
-    """A websocket port that cannot be used fails now, before devices or models (PortError)."""
-    if cfg.outputs.ws_port is not None:
+    """A websocket (or live page) port that cannot be used fails now, before devices or models
+    (PortError; ConfigError when --ws and --web name different ports)."""
+    port = cfg.outputs.websocket_port()
+    if port is not None:
         from mmer.realtime.websocket import check_port
 
-        check_port(cfg.outputs.ws_port, cfg.outputs.ws_host)
+        check_port(port, cfg.outputs.ws_host)
 
 
 def live_main(argv: list[str] | None = None) -> int:
@@ -300,7 +311,7 @@ def _live(args: argparse.Namespace) -> int:
     _close(source, camera)  # checked; reopened once the models are loaded, so nothing overflows meanwhile
     source = camera = None
     # 2. The port, then the models.
-    if cfg.asr.backend == "none" and cfg.outputs.ws_port is None and demo_transcript is None:
+    if cfg.asr.backend == "none" and cfg.outputs.websocket_port() is None and demo_transcript is None:
         cfg = dataclasses.replace(cfg, asr=dataclasses.replace(cfg.asr, text_wait_s=0.0))
     websocket = open_websocket(cfg)
     try:
@@ -455,6 +466,7 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from mmer.progress import progress
     from mmer.realtime.build import build_pipeline
     from mmer.realtime.predictor import Predictor, serve_model
     from mmer.realtime.sinks import JsonLinesSink
@@ -467,7 +479,8 @@ def _predict(args: argparse.Namespace) -> int:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise UsageError(f"file not found: {', '.join(missing)}")
-    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, show=False),
+    cfg = dataclasses.replace(cfg, outputs=dataclasses.replace(cfg.outputs, json=None, ws_port=None, web_port=None,
+                                                                    show=False),
                               asr=dataclasses.replace(cfg.asr, text_wait_s=0.0))
     sink = CsvSink(args.csv) if args.csv else JsonLinesSink(args.json or "-")
     counted = {"predictions": 0, "files_done": 0, "files_failed": 0}
@@ -482,8 +495,11 @@ def _predict(args: argparse.Namespace) -> int:
             pipeline = build_pipeline(cfg)
             pipeline.outputs.add(sink)
         text_predictor = None
+        # A bar over the files on a terminal's stderr; not when the JSON lines scroll on that terminal.
+        to_screen = not args.csv and (args.json or "-") == "-" and sys.stdout.isatty()
+        bar = progress(files, PREDICT_PROG, enabled=len(files) > 1 and not to_screen, unit="file")
         with stop_on_signals(pipeline, PREDICT_PROG, stopped) if pipeline is not None else _nothing():
-            for f in files:
+            for f in bar:
                 if stopped:
                     break
                 sink.extra = {"file": str(f)}
@@ -508,6 +524,7 @@ def _predict(args: argparse.Namespace) -> int:
                             pipeline.reset()
                         counted["predictions"] += pipeline.stats["predictions"] - before
                         if stopped:
+                            bar.clear()
                             _err(f"{f}: stopped part way; its utterances so far are written", PREDICT_PROG)
                             break
                     counted["files_done"] += 1
@@ -516,7 +533,9 @@ def _predict(args: argparse.Namespace) -> int:
                     if pipeline is not None:
                         counted["predictions"] += pipeline.stats["predictions"] - before
                     said = str(e)
+                    bar.clear()   # the message on a line of its own; the bar redraws on the next file
                     _err(f"{said if said.startswith(str(f)) else f'{f}: {said}'}; skipped", PREDICT_PROG)
+            bar.close()
     finally:
         if pipeline is not None:
             pipeline.close(timeout_s=5.0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mmer.config import bounded, load_config
+from mmer.config import ConfigError, bounded, load_config
 from mmer.realtime.vad import SegmenterConfig
 
 
@@ -131,10 +131,16 @@ class OutputConfig:
     must send one of ``ws_origins`` (besides the page mmer serves itself); native clients send
     none. ``ws_token``: when set, clients must present it (``?token=`` or the
     ``Authorization: Bearer`` header). ``ws_max_clients`` / ``ws_max_message_bytes`` /
-    ``ws_max_messages_per_s`` cap connections and what each client may send."""
+    ``ws_max_messages_per_s`` cap connections and what each client may send.
+
+    web_port: serve the live page (mmer/assets/web/live.html) at ``http://ws_host:web_port/``.
+    The websocket server itself answers the page's plain GET, so the page's origin is the
+    server's own and needs no allow-listing: the websocket listens on ``web_port`` too
+    (:meth:`websocket_port`), and a ``ws_port`` that differs is refused."""
 
     json: str | None = "-"
     ws_port: int | None = bounded(None, ge=0, le=65535)
+    web_port: int | None = bounded(None, ge=0, le=65535)
     ws_host: str = "127.0.0.1"
     ws_origins: tuple[str, ...] = ()
     ws_token: str | None = None
@@ -142,6 +148,15 @@ class OutputConfig:
     ws_max_message_bytes: int = bounded(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     ws_max_messages_per_s: float = bounded(20.0, gt=0, le=10_000)
     show: bool = False
+
+    def websocket_port(self) -> int | None:
+        """The websocket's port: ``ws_port``, else ``web_port`` (the page is served on the websocket's
+        own port), else None; a ConfigError when both are set and differ."""
+        if self.web_port is not None and self.ws_port is not None and self.web_port != self.ws_port:
+            raise ConfigError(f"outputs.web_port={self.web_port} and outputs.ws_port={self.ws_port} differ: the "
+                              "live page is served by the websocket on its own port. fix: give one port "
+                              "(--web PORT alone also opens the websocket there)")
+        return self.ws_port if self.ws_port is not None else self.web_port
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Every stage is a small synchronous object with ``push / poll / flush / reset``; what moves
 between stages is one of these dataclasses. Times are seconds on the stream clock: sample
 index / sample rate for audio, the source's capture time for video, so a replayed file and a
-live device produce the same timestamps.
+live device produce the same timestamps. A frame that reaches the JSON output carries its
+stream's ``clock_origin_unix_s`` (mmer.realtime.clock), so ``to_dict`` also gives wall-clock times.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmer.media import SAMPLE_RATE_HZ  # every audio frame inside the pipeline is 16 kHz mono
+from mmer.realtime.clock import to_unix_s
+from mmer.realtime.schema import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,13 @@ class VadEvent:
 
     kind: str  # "start" | "end"
     time_s: float
+    clock_origin_unix_s: float | None = None  # Unix time of stream second 0 (set by the pipeline)
 
     def to_dict(self) -> dict:
-        return {"type": "vad", "kind": self.kind, "time_s": round(self.time_s, 3)}
+        """The JSON object of docs/live.md ("type": "vad")."""
+        time_s = round(self.time_s, 3)
+        return {"type": "vad", "schema_version": SCHEMA_VERSION, "kind": self.kind, "time_s": time_s,
+                "time_unix_s": to_unix_s(self.clock_origin_unix_s, time_s)}
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,20 @@ class UtteranceEnded:
     utterance_id: int
     start_s: float
     end_s: float
+    clock_origin_unix_s: float | None = None  # Unix time of stream second 0 (set by the pipeline)
 
     def to_dict(self) -> dict:
-        return {"type": "utterance", "utterance_id": self.utterance_id, "start_s": round(self.start_s, 3),
-                "end_s": round(self.end_s, 3)}
+        """The JSON object of docs/live.md ("type": "utterance")."""
+        return {"type": "utterance", "schema_version": SCHEMA_VERSION, "utterance_id": self.utterance_id,
+                **stream_times(self.start_s, self.end_s, self.clock_origin_unix_s)}
+
+
+def stream_times(start_s: float, end_s: float, clock_origin_unix_s: float | None) -> dict:
+    """``start_s``/``end_s`` (stream s, to the ms) and the same instants as Unix time (to the us;
+    None without a stream clock), computed from the rounded stream seconds so the two agree."""
+    start_s, end_s = round(start_s, 3), round(end_s, 3)
+    return {"start_s": start_s, "end_s": end_s, "start_unix_s": to_unix_s(clock_origin_unix_s, start_s),
+            "end_unix_s": to_unix_s(clock_origin_unix_s, end_s)}
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,7 @@ class Utterance:
     timings_ms: dict[str, float] = field(default_factory=dict)
     encoder_hidden: list | None = field(default=None, repr=False)
     key: tuple[int, int] | None = None  # (onset, last voiced) sample indices: matches its SpeechPause
+    clock_origin_unix_s: float | None = None  # Unix time of stream second 0 (set by the pipeline)
 
 
 @dataclass

@@ -23,12 +23,14 @@ import logging
 import threading
 import time
 from concurrent.futures import wait
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
 
 from mmer.errors import UsageError
 from mmer.media import downmix
+from mmer.realtime.clock import StreamClock
 from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, UtteranceEnded, VadEvent, VideoFrame
 from mmer.realtime.prediction_worker import PredictionWorker
 from mmer.realtime.sinks import CallbackSink
@@ -64,6 +66,7 @@ class LivePipeline:
         self.lockstep, self.end_silence_s = lockstep, end_silence_s
         self.context = assembler.context
         self._audio_end_s: float | None = None
+        self.clock = StreamClock()            # stream s -> Unix time for the JSON stamps (mmer.realtime.clock)
         self.stop_event = threading.Event()   # run() returns when set
         self.worker = PredictionWorker(assembler, predictor, outputs, faces, queue_size=queue_size,
                                        host_text=asr.name == "none", torch_threads=torch_threads)
@@ -123,6 +126,7 @@ class LivePipeline:
         if self._audio_end_s is not None and chunk.start_s < self._audio_end_s - CLOCK_TOLERANCE_S:
             raise UsageError(f"push_audio: time went backwards ({chunk.start_s:.3f} s after a block that ended at "
                              f"{self._audio_end_s:.3f} s); call reset() before a new stream")
+        self.clock.anchor(chunk.start_s, chunk.end_s)
         self.segmenter.push(chunk)
         self._audio_end_s = chunk.end_s
         self._dispatch(self.segmenter.poll(), decided_at_s=chunk.end_s)
@@ -145,7 +149,8 @@ class LivePipeline:
     def _dispatch(self, items: list, decided_at_s: float) -> None:
         for item in items:
             if isinstance(item, VadEvent):
-                self.outputs.emit(item, event=True)
+                stamped = replace(item, clock_origin_unix_s=self.clock.origin_for(item.time_s))
+                self.outputs.emit(stamped, event=True)
             elif isinstance(item, SpeechPause):
                 early = self.predictor.speculate(item, self.user_speaker)
                 if early is not None and self.lockstep:  # live, the rest of the silence passes first
@@ -162,7 +167,8 @@ class LivePipeline:
         utt.end_of_speech_wall_s = utt.end_of_speech_wall_s or time.perf_counter()
         utt.speaker = self.user_speaker
         utt.timings_ms["capture_to_end_of_speech"] = max(0.0, (decided_at_s - utt.end_s) * 1000)
-        self.outputs.emit(UtteranceEnded(utt.id, utt.start_s, utt.end_s), event=True)
+        utt.clock_origin_unix_s = self.clock.origin_for(utt.end_s)
+        self.outputs.emit(UtteranceEnded(utt.id, utt.start_s, utt.end_s, utt.clock_origin_unix_s), event=True)
         # Blocks when full: backpressure, never a dropped utterance. Counted once queued.
         (self.asr_worker.submit if self.asr_worker is not None else self.worker.put)(utt)
         self.worker.admit()
@@ -197,6 +203,7 @@ class LivePipeline:
             self.face_path.reset()
         self.reset_context()
         self._audio_end_s = None
+        self.clock.new_stream()
 
     def stop(self) -> None:
         """Ask ``run`` to return after the current read (thread-safe; signal handlers call it)."""
@@ -212,6 +219,8 @@ class LivePipeline:
         code (:func:`mmer.realtime.reading.read_into`: a lost device returns ``EXIT_ENVIRONMENT``)."""
         from mmer.realtime.reading import read_into
 
+        if getattr(source, "clock_origin_unix_s", None) is not None:  # a device: stamps are capture times
+            self.clock.set_origin(source.clock_origin_unix_s)
         return read_into(self, source, camera)
 
     def stats_line(self) -> str:

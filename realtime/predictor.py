@@ -36,7 +36,8 @@ import torch
 from mmer.dialogue import Turn
 from mmer.labels import get_label_map, get_label_set
 from mmer.realtime.face_path import FaceEvidence
-from mmer.realtime.frames import SAMPLE_RATE_HZ, Utterance
+from mmer.realtime.frames import SAMPLE_RATE_HZ, Utterance, stream_times
+from mmer.realtime.schema import SCHEMA_VERSION
 
 OUTPUT_LABEL_SET = "meld7"
 MODALITIES = ("text", "audio", "visual")
@@ -101,12 +102,13 @@ class Prediction:
     latency_ms: dict[str, float] = field(default_factory=dict)
     abstained: dict[str, str] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    clock_origin_unix_s: float | None = None  # Unix time of stream second 0; None: no stream (a transcript)
 
     def to_dict(self) -> dict:
         """The JSON object of docs/live.md ("type": "prediction")."""
         return {
-            "type": "prediction", "utterance_id": self.utterance_id,
-            "start_s": round(self.start_s, 3), "end_s": round(self.end_s, 3), "speaker": self.speaker,
+            "type": "prediction", "schema_version": SCHEMA_VERSION, "utterance_id": self.utterance_id,
+            **stream_times(self.start_s, self.end_s, self.clock_origin_unix_s), "speaker": self.speaker,
             "text": self.text, "split": self.split, "label_set": OUTPUT_LABEL_SET, "label": self.label,
             "expression": ROS4HRI_EXPRESSION[self.label], "probs": self.probs, "modalities": self.modalities,
             "modality_probs": self.modality_probs, "fusion": self.fusion,
@@ -384,7 +386,8 @@ class Predictor:
             modality_probs={m: _probs_dict(mapped[m], self.labels) for m in MODALITIES if m in mapped},
             modalities=present, valence=valence, arousal=arousal,
             confidence=float(fused[best]) if present else 0.0, fusion=fusion if present else "none",
-            split=utterance.split, face=face_info, abstained=abstained, weights=weights)
+            split=utterance.split, face=face_info, abstained=abstained, weights=weights,
+            clock_origin_unix_s=utterance.clock_origin_unix_s)
 
     def _run_voice(self, utterance: Utterance) -> tuple[dict[str, np.ndarray], float]:
         t0 = time.perf_counter()

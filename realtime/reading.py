@@ -109,13 +109,15 @@ class ReconnectingSource:
     ``wait_s`` apart, and ``read`` returns a :class:`StreamGap`; when every attempt fails the
     last DeviceError is raised. The stream clock never goes back: a reopened source whose
     clock restarts (a file, a device opened on a new origin) is shifted to go on from where
-    the lost one stopped.
+    the lost one stopped, and ``clock_origin_unix_s`` (the wall-clock stamps' origin) stays
+    the first source's.
     """
 
     def __init__(self, open_source: Callable[[], Any], attempts: int = 3, wait_s: float = 2.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.open_source, self.attempts, self.wait_s, self._sleep = open_source, attempts, wait_s, sleep
         self.source = open_source()
+        self.clock_origin_unix_s = getattr(self.source, "clock_origin_unix_s", None)
         self.reconnects = 0
         self._last_time_s = 0.0
         self._offset_s: float | None = 0.0   # None: decided by the first item after a reopen

@@ -282,7 +282,7 @@ def soak(input: str | Path, minutes: int = DEFAULT_MINUTES, json_out: str | Path
     sources = rep(cfg.sources, input=str(input_path), realtime=False)
     if probe(input_path).video is None:
         sources = rep(sources, camera=None)           # no pictures: no face path
-    cfg = rep(cfg, sources=sources, outputs=rep(cfg.outputs, json=None, ws_port=None, show=False))
+    cfg = rep(cfg, sources=sources, outputs=rep(cfg.outputs, json=None, ws_port=None, web_port=None, show=False))
     if transcript is not None and not Path(transcript).is_file():
         raise UsageError(f"{transcript}: transcript file not found")
     transcript = Path(transcript) if transcript else input_path.with_suffix(".json")

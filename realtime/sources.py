@@ -26,6 +26,7 @@ from mmer.errors import MmerError
 from mmer.extras import MissingExtra, require
 from mmer.media import (DEFAULT_BLOCK_MS, INT16_FULL_SCALE, MediaError, MediaReader, StreamResampler, VideoImage,
                         downmix, to_int16)
+from mmer.realtime.clock import unix_time_of
 from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, VideoFrame
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class MicrophoneSource(_Source):
     block is dropped and counted in ``dropped_blocks``; driver-side overruns are counted in
     ``input_overflows``. ``start_s`` of a chunk is its first sample's time in seconds since
     ``clock_origin_s`` (a ``time.perf_counter()`` value; default: when ``open()`` ran), so
-    microphone and camera share one clock when given the same origin.
+    microphone and camera share one clock when given the same origin; ``clock_origin_unix_s``
+    is that origin as Unix time, taken once at ``open()`` (the wall-clock stamps' origin).
     """
 
     def __init__(self, device: int | str | None = None, sample_rate_hz: int = SAMPLE_RATE_HZ,
@@ -113,6 +115,7 @@ class MicrophoneSource(_Source):
         self.device, self.sample_rate_hz, self.block_ms = device, sample_rate_hz, block_ms
         self.block_samples = sample_rate_hz * block_ms // 1000
         self.clock_origin_s = clock_origin_s
+        self.clock_origin_unix_s: float | None = None
         self._queue: queue.Queue[AudioChunk] = queue.Queue(maxsize=max(1, int(MIC_QUEUE_S * 1000 / block_ms)))
         self._stream = None
         self.input_overflows = 0
@@ -162,6 +165,7 @@ class MicrophoneSource(_Source):
         self._last_block_wall_s = time.perf_counter()
         if self.clock_origin_s is None:
             self.clock_origin_s = time.perf_counter()
+        self.clock_origin_unix_s = unix_time_of(self.clock_origin_s)
         try:
             self._stream = sd.InputStream(samplerate=self.capture_rate_hz,
                                           blocksize=self.capture_rate_hz * self.block_ms // 1000,
@@ -260,7 +264,8 @@ class CameraSource(_Source):
 
     The buffer holds ``max_buffered_frames`` (default 1: the face path always wants the latest
     frame); older unread frames are dropped and counted in ``dropped_frames``.
-    ``VideoFrame.time_s`` is seconds since ``clock_origin_s`` (``time.perf_counter()``).
+    ``VideoFrame.time_s`` is seconds since ``clock_origin_s`` (``time.perf_counter()``), which
+    is ``clock_origin_unix_s`` as Unix time (taken at ``open()``).
     """
 
     def __init__(self, index: int | str = 0, width: int = 640, height: int = 480, fps: int = 30,
@@ -268,6 +273,7 @@ class CameraSource(_Source):
         self.index = _camera_target(index)
         self.width, self.height, self.fps = width, height, fps
         self.clock_origin_s = clock_origin_s
+        self.clock_origin_unix_s: float | None = None
         self._buffer: deque[VideoFrame] = deque(maxlen=max_buffered_frames)
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -296,6 +302,7 @@ class CameraSource(_Source):
         self._cap = cap
         if self.clock_origin_s is None:
             self.clock_origin_s = time.perf_counter()
+        self.clock_origin_unix_s = unix_time_of(self.clock_origin_s)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.index}", daemon=True)
         self._thread.start()

@@ -11,6 +11,11 @@ What a connection may do is decided before the upgrade, in this order:
    ``Authorization: Bearer ...`` header; compared in constant time; else HTTP 401.
 3. ``max_clients``: one more gets HTTP 503.
 
+With ``page`` settings given (``--web PORT``), a plain HTTP GET of ``/`` that passes 1. and 2.
+(a browser opening ``http://127.0.0.1:PORT/``, with ``?token=...`` when one is set) is answered
+with the live page (mmer/assets/web/live.html, the settings templated in); the page opens its
+websocket back to the same origin, passing on its own ``?token=``. Any other plain GET is 404.
+
 Once connected, a client may send at most ``max_message_bytes`` per message (larger closes the
 connection, code 1009) and ``max_messages_per_s`` on average (a burst of as many is allowed;
 beyond, the connection is closed with code 1008). A client that does not read what is
@@ -20,7 +25,7 @@ broadcast to it falls behind; once ``CLIENT_QUEUE_MESSAGES`` are waiting it is d
 Host messages (:func:`apply_host_message`) are checked field by field: unknown fields, wrong
 types, negative or boolean ids, text over ``MAX_TEXT_CHARS`` and speaker names with control
 characters or angle brackets (which could forge the text model's speaker tokens) are refused
-with ``{"type": "error", "error": ...}`` and nothing is applied.
+with ``{"type": "error", "schema_version": ..., "error": ...}`` and nothing is applied.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from mmer.errors import UsageError
 from mmer.extras import require
+from mmer.realtime.schema import SCHEMA_VERSION
 from mmer.realtime.sinks import to_json_line
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,11 @@ FORBIDDEN_SPEAKER_CHARS = "<>"   # the text model's speaker tokens look like <s_
 MESSAGE_FIELDS = {"turn": {"type", "speaker", "text"},
                   "text": {"type", "utterance_id", "text", "speaker"},
                   "reset": {"type"}}
-FIX_PORT = "fix: pick another port (--ws PORT, 1024-65535) or --ws 0 for any free one"
+FIX_PORT = "fix: pick another port (--ws PORT or --web PORT, 1024-65535) or 0 for any free one"
+PAGE_FILE = "assets/web/live.html"  # package data of mmer: one self-contained page, no build step
+PAGE_SETTINGS = '<script id="settings" type="application/json">{}</script>'  # filled by render_page
+PAGE_PATHS = ("/", "/index.html")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # every interface: the page is still opened via loopback
 
 
 class PortError(UsageError):
@@ -78,6 +88,21 @@ def check_port(port: int, host: str = LOCALHOST) -> None:
             probe.bind(address)
         except OSError as e:
             raise PortError(f"websocket cannot listen on {host}:{port}: {e.strerror or e}. {FIX_PORT}") from None
+
+
+def render_page(settings: dict) -> str:
+    """The live page's HTML with ``settings`` (JSON, e.g. ``{"frame_px": [640, 480]}``) templated in."""
+    from importlib.resources import files
+
+    html = (files("mmer") / PAGE_FILE).read_text(encoding="utf-8")
+    if PAGE_SETTINGS not in html:
+        raise RuntimeError(f"mmer/{PAGE_FILE} lacks its settings element {PAGE_SETTINGS}")
+    data = json.dumps(settings).replace("<", "\\u003c")  # no "</script>" can end the element early
+    return html.replace(PAGE_SETTINGS, PAGE_SETTINGS.replace("{}", data))
+
+
+def _origin_host(host: str) -> str:
+    return LOCALHOST if host in WILDCARD_HOSTS else f"[{host}]" if ":" in host else host
 
 
 class _Bucket:
@@ -112,6 +137,7 @@ class WebSocketServer:
         origins: browser origins allowed besides none and this server's own.
         token: when set, every client must present it.
         max_clients / max_message_bytes / max_messages_per_s: the caps described above.
+        page: settings of the live page; given, plain GETs of ``/`` are answered with the page.
     """
 
     name = "ws"
@@ -119,7 +145,8 @@ class WebSocketServer:
 
     def __init__(self, port: int = 0, host: str = LOCALHOST, on_message: Callable[[dict], dict | None] | None = None,
                  *, origins: tuple[str, ...] | list[str] = (), token: str | None = None, max_clients: int = 8,
-                 max_message_bytes: int = 64 * 1024, max_messages_per_s: float = 20.0) -> None:
+                 max_message_bytes: int = 64 * 1024, max_messages_per_s: float = 20.0,
+                 page: dict | None = None) -> None:
         self.host, self.port, self.on_message = host, port, on_message
         self.origins = tuple(o.rstrip("/") for o in origins)
         self.token = token
@@ -131,8 +158,11 @@ class WebSocketServer:
         self.thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: OSError | None = None
+        self.page = page
+        self._page_html = None if page is None else render_page(page)  # a missing file fails here, not per GET
         self.stats = {"clients": 0, "sent": 0, "received": 0, "rejected": 0, "refused_origin": 0,
-                      "refused_token": 0, "refused_full": 0, "rate_closed": 0, "slow_closed": 0}
+                      "refused_token": 0, "refused_full": 0, "rate_closed": 0, "slow_closed": 0,
+                      "pages_served": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "WebSocketServer":
@@ -186,7 +216,12 @@ class WebSocketServer:
     def allowed_origins(self) -> tuple[str, ...]:
         """The browser origins accepted (a client without ``Origin`` is always accepted)."""
         own = (f"http://{LOCALHOST}:{self.port}", f"http://localhost:{self.port}")
-        return own + self.origins
+        bound = f"http://{_origin_host(self.host)}:{self.port}"   # the page opened via the bind address
+        return own + ((bound,) if bound not in own else ()) + self.origins
+
+    def page_url(self) -> str | None:
+        """Where a browser on this machine opens the live page (None: no page is served)."""
+        return None if self.page is None else f"http://{_origin_host(self.host)}:{self.port}/"
 
     def _admit(self, connection: Any, request: Any) -> Any:
         origin = request.headers.get("Origin")
@@ -199,11 +234,29 @@ class WebSocketServer:
             self.stats["refused_token"] += 1
             return connection.respond(HTTPStatus.UNAUTHORIZED, "a token is needed: ?token=... or "
                                       "Authorization: Bearer ...\n")
+        if self._page_html is not None and "websocket" not in request.headers.get("Upgrade", "").lower():
+            return self._serve_page(connection, request)
         if len(self._clients) >= self.max_clients:
             self.stats["refused_full"] += 1
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
                                       f"{self.max_clients} clients are connected already\n")
         return None
+
+    def _serve_page(self, connection: Any, request: Any) -> Any:
+        """A plain GET: the live page at ``/``, 404 elsewhere (it holds no secret: the token stays in
+        the address the user typed, which the page passes on to its websocket)."""
+        if urlsplit(request.path).path not in PAGE_PATHS:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found: the live page is /\n")
+        response = connection.respond(HTTPStatus.OK, self._page_html)
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "text/html; charset=utf-8"
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        # Inline script and style only; the one connection allowed is back to this server.
+        response.headers["Content-Security-Policy"] = ("default-src 'none'; script-src 'unsafe-inline'; "
+                                                       "style-src 'unsafe-inline'; connect-src 'self'")
+        self.stats["pages_served"] += 1
+        return response
 
     def _token_ok(self, request: Any) -> bool:
         given = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
@@ -279,7 +332,7 @@ class WebSocketServer:
             return self.on_message(message) if self.on_message else None
         except ValueError as e:  # json.JSONDecodeError is a ValueError too
             self.stats["rejected"] += 1
-            return {"type": "error", "error": str(e)}
+            return {"type": "error", "schema_version": SCHEMA_VERSION, "error": str(e)}
 
 
 # -- the host protocol ------------------------------------------------------------------------
@@ -327,4 +380,4 @@ def apply_host_message(host: Any, message: dict, default_speaker: str) -> dict:
         host.push_text(uid, _text(message, kind, empty_ok=True), None if speaker is None else _speaker(speaker, kind))
     else:
         host.reset_context()
-    return {"type": "ack", "of": kind}
+    return {"type": "ack", "schema_version": SCHEMA_VERSION, "of": kind}

@@ -148,8 +148,17 @@ def test_bench_live_reports_every_stage(models, tmp_path, capsys):
     stages = result["runs"]["without_asr"]["stages_ms"]
     for stage in ("capture_to_end_of_speech", "text", "voice", "face", "fusion", "end_of_speech_to_emit"):
         assert stages[stage]["n"] == 4 and stages[stage]["p95"] >= stages[stage]["p50"] >= 0
+        assert len(stages[stage]["samples_ms"]) == 4
     assert result["camera_path"]["fps"] > 0 and result["camera_path"]["faces_found"] > 0
-    assert "end_of_speech_to_emit" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "end_of_speech_to_emit" in out.out
+    # The per-stage histogram next to the JSON: one panel per stage that was timed, no empty one.
+    assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"latency histogram -> {report.with_suffix('.png')}" in out.err
+    from mmer.realtime.bench import STAGES, histogram_figure
+    fig = histogram_figure(result)
+    assert [ax.get_title() for ax in fig.axes] == [f"{s} (per utterance)" for s in STAGES if s in stages]
+    assert {ax.get_xscale() for ax in fig.axes} == {"log"}
 
 
 def test_ctrl_c_flushes_and_exits_cleanly(models, tmp_path):

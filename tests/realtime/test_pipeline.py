@@ -20,6 +20,7 @@ from mmer.realtime.build import build_pipeline
 from mmer.realtime.config import AsrConfig, FacePathConfig, LiveConfig, OutputConfig
 from mmer.realtime.pipeline import LivePipeline
 from mmer.realtime.predictor import Predictor
+from mmer.realtime.schema import SCHEMA_VERSION
 from tests.realtime import media
 from tests.realtime.test_face_path import astronaut_frame, face_model, noise_frame  # noqa: F401
 from tests.realtime.test_predictor import tiny_teacher, tiny_voice  # noqa: F401
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.skipif(bool(media.missing_tools()), reason=f"needs {med
 TURNS = ("Hello, how are you today?", "I lost my keys on the train this morning.", "That is great news!")
 START_TOL_S = 0.2     # the segmenter back-dates onsets to the first voiced 30 ms frame
 END_TOL_S = 0.35      # webrtcvad may keep a weak final consonant's tail, or lose it
-PREDICTION_KEYS = {"type", "utterance_id", "start_s", "end_s", "speaker", "text", "split", "label_set", "label",
+PREDICTION_KEYS = {"type", "schema_version", "utterance_id", "start_s", "end_s", "start_unix_s", "end_unix_s",
+                   "speaker", "text", "split", "label_set", "label",
                    "expression", "probs", "modalities", "modality_probs", "fusion", "valence", "arousal",
                    "confidence", "face", "latency_ms", "abstained", "weights"}
 ALWAYS_TIMED = {"capture_to_end_of_speech", "voice", "fusion", "end_of_speech_to_emit"}
@@ -80,7 +82,8 @@ def replay(pipeline: LivePipeline, path, source_cls=None) -> int:
 
 def check_schema(p: dict) -> None:
     assert set(p) == PREDICTION_KEYS and p["type"] == "prediction" and p["label_set"] == "meld7"
-    assert isinstance(p["utterance_id"], int) and p["start_s"] < p["end_s"]
+    assert isinstance(p["utterance_id"], int) and p["start_s"] < p["end_s"] and p["schema_version"] == SCHEMA_VERSION
+    assert p["end_unix_s"] - p["start_unix_s"] == pytest.approx(p["end_s"] - p["start_s"], abs=1e-3)
     assert p["label"] in p["probs"] and abs(sum(p["probs"].values()) - 1) < 1e-3
     # A modality that ran but abstained keeps its probabilities in modality_probs, with the reason.
     assert set(p["modalities"]) <= set(p["modality_probs"]) <= {"text", "audio", "visual"}
@@ -248,7 +251,7 @@ def test_websocket_broadcasts_and_accepts_host_messages(make_pipeline, conversat
                 ws.send(json.dumps({"type": "text", "utterance_id": message["utterance_id"], "text": TURNS[0]}))
         runner.join(60)
     pipe.close()
-    assert replies[0] == {"type": "ack", "of": "turn"}
+    assert replies[0] == {"type": "ack", "schema_version": SCHEMA_VERSION, "of": "turn"}
     assert replies[1]["type"] == "error" and replies[2]["type"] == "error" and "dance" in replies[2]["error"]
     assert [m["type"] for m in received[:3]] == ["vad", "vad", "utterance"]
     prediction = next(m for m in received if m["type"] == "prediction")

@@ -14,6 +14,7 @@ pytest.importorskip("websockets")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
+from mmer.realtime.schema import SCHEMA_VERSION  # noqa: E402
 from mmer.realtime.websocket import (MAX_TEXT_CHARS, PortError, WebSocketServer,  # noqa: E402
                                      apply_host_message, check_port)
 
@@ -68,7 +69,8 @@ def test_a_foreign_origin_is_refused_and_a_native_client_served(serve):
     for origin in (None, f"http://localhost:{server.port}", "http://kiosk.local:8080"):
         with client(server, origin=origin) as ws:
             ws.send(json.dumps({"type": "turn", "text": "Hello there."}))
-            assert json.loads(ws.recv(timeout=TIMEOUT_S)) == {"type": "ack", "of": "turn"}
+            assert json.loads(ws.recv(timeout=TIMEOUT_S)) == {"type": "ack", "schema_version": SCHEMA_VERSION,
+                                                              "of": "turn"}
             server.emit({"type": "prediction", "utterance_id": 0})
             assert json.loads(ws.recv(timeout=TIMEOUT_S))["type"] == "prediction"
     assert host.calls == [("turn", "robot", "Hello there.")] * 3
