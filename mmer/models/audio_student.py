@@ -39,7 +39,7 @@ from mmer.audio import SAMPLE_RATE_HZ, LogMel
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
 from mmer.errors import UsageError
 from mmer.labels import get_label_set
-from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, batch_starts
+from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, as_array, batch_starts
 from mmer.outputs import EmotionOutput, labelled
 from mmer.registry import MODELS
 
@@ -320,11 +320,7 @@ def waveform_clips(raw: Any, from_hz: Any, to_hz: int) -> tuple[bool, list[np.nd
     expected = "voice input is one mono clip (T,), a batch (B, T) or a list of (T,) clips"
 
     def array(x: Any) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu()
-            x = (x.float() if x.is_floating_point() else x).numpy()
-        elif not isinstance(x, np.ndarray):
-            raise UsageError(f"{expected}, as numpy arrays or torch tensors; got {type(x).__name__}")
+        x = as_array(x, expected)
         if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.int16):
             raise UsageError(f"voice samples are float in [-1, 1] or int16 PCM, got dtype {x.dtype}; "
                              f"scale them to float first (e.g. int32: x / 2**31)")

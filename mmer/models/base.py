@@ -167,6 +167,17 @@ def replace_dims(dims: Any, **changes: Any) -> Any:
     return dataclasses.replace(dims, **changes)
 
 
+def as_array(x: Any, expected: str) -> np.ndarray:
+    """Raw input of :meth:`MmerModel.recognize` as numpy: a numpy array as is, a torch tensor on
+    the CPU (floating point as float32); anything else is a UsageError saying ``expected``."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.is_floating_point() else x).numpy()
+    if not isinstance(x, np.ndarray):
+        raise UsageError(f"{expected}, as numpy arrays or torch tensors; got {type(x).__name__}")
+    return x
+
+
 def batch_starts(n: int, batch_size: int) -> range:
     """Where each padded batch of :meth:`MmerModel.recognize` starts among ``n`` items;
     ``batch_size`` below 1 is a :class:`mmer.errors.UsageError`."""

@@ -40,7 +40,7 @@ from torch import nn
 from mmer.labels import get_label_set
 from mmer.contract import BATCH, Contract, Processor, SequenceAxis, TensorSpec
 from mmer.errors import UsageError
-from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, batch_starts
+from mmer.models.base import DEFAULT_BATCH_SIZE, MmerModel, as_array, batch_starts
 from mmer.outputs import EmotionOutput, labelled
 from mmer.registry import MODELS
 
@@ -211,11 +211,7 @@ def face_images(raw: Any) -> tuple[bool, list[np.ndarray]]:
     expected = "face input is one image (H, W) or (H, W, C), a batch (B, H, W) or (B, H, W, C), or a list of images"
 
     def array(x: Any) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu()
-            x = (x.float() if x.is_floating_point() else x).numpy()
-        elif not isinstance(x, np.ndarray):
-            raise UsageError(f"{expected}, as numpy arrays or torch tensors; got {type(x).__name__}")
+        x = as_array(x, expected)
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise UsageError(f"face images are uint8 (0-255) or float in [0, 1], got dtype {x.dtype}")
         if np.issubdtype(x.dtype, np.floating) and x.size and not (np.isfinite(x).all() and 0.0 <= x.min()
