@@ -57,11 +57,12 @@ BENCH_TARGETS = {
     "models": "latency of every model and backend (export/bench.py)",
     "live": "the whole live pipeline replayed from a recording (realtime/bench.py)",
     "soak": "a long looped replay: no utterance lost, resident memory flat (realtime/soak.py)",
+    "wer": "word error rate of speech-to-text on recordings with references, through mmer-predict (realtime/wer.py)",
 }
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    """``mmer-bench models|live|soak ...``: benchmarks that print a table and write JSON."""
+    """``mmer-bench models|live|soak|wer ...``: benchmarks that print a table and write JSON."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in BENCH_TARGETS:
         target, rest = argv[0], argv[1:]
@@ -69,6 +70,8 @@ def bench_main(argv: list[str] | None = None) -> int:
             from mmer.export.bench import bench_models_main as main
         elif target == "live":
             from mmer.realtime.bench import bench_live_main as main
+        elif target == "wer":
+            from mmer.realtime.wer import wer_main as main
         else:
             from mmer.realtime.bench import bench_soak_main as main
         return main(rest)

@@ -15,15 +15,16 @@ import queue
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 import numpy as np
 
 from mmer.extras import MissingExtra, require
 from mmer.media import INT16_FULL_SCALE
-from mmer.realtime.frames import SAMPLE_RATE_HZ, Utterance
+from mmer.realtime.frames import SAMPLE_RATE_HZ, Interim, SpeechPause, SpeechSoFar, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,12 @@ DEFAULT_MAX_PENDING = 8  # utterances waiting for the worker before submit() blo
 # SharedEncoderASR (scripts/bench_shared_encoder.py measured these choices):
 WHISPER_WINDOW_FRAMES = 1500  # encoder frames of Whisper's 30 s window (20 ms each)
 WHISPER_MAX_LENGTH = 448  # tokens: Whisper's decoder context, faster-whisper's max_length
-MIN_ENCODER_S = 2.0  # s; shorter utterances are zero-padded to this (1 s still looped on "no", "sure")
+MIN_ENCODER_S = 3.0  # s; shorter utterances are zero-padded to this (scripts/tune_min_encoder.py, 600 TESS clips:
+                    # padded to 2 s, 40 looped and were decoded again, WER 0.053, up to 1.1 s; 3 s: none, 0.046)
+# A short utterance whose text still loops is encoded again padded to this before the 30 s
+# fallback (scripts/tune_min_encoder.py: on the 40 of 600 TESS clips that loop when padded to 2 s,
+# padded to 3, 6 or 10 s: WER 0.050 in 137-211 ms per clip; faster-whisper's 30 s: 0.056 in 643 ms).
+FALLBACK_ENCODER_S = 6.0
 VOICE_PEAK_LEVEL = 0.5  # the whisper voice model scales each clip to this peak (AudioStudentDims.peak_level)
 SILENT_PEAK = 1e-4  # a clip's peak is floored here before that scaling (mmer.models.audio_student)
 NO_SPEECH_THRESHOLD = 0.6  # faster-whisper's no-speech rule: drop the text when P(no speech) is above
@@ -61,8 +67,11 @@ class Transcript:
 class SpeechToText(Protocol):
     name: str
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript."""
+    def transcribe(self, audio: np.ndarray, interim: bool = False,
+                   cancelled: Callable[[], bool] | None = None) -> Transcript:
+        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript. ``interim``: the audio is an
+        utterance still being spoken (a cheap pass: no costly fallbacks; text None when unusable);
+        ``cancelled()`` True: more urgent work waits, give up where the backend can (text None)."""
         ...
 
     def warmup(self) -> None: ...
@@ -112,8 +121,10 @@ class FasterWhisperASR:
                                       cpu_threads=cpu_threads, local_files_only=True)
         self.beam_size, self.language = beam_size, language
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript."""
+    def transcribe(self, audio: np.ndarray, interim: bool = False,
+                   cancelled: Callable[[], bool] | None = None) -> Transcript:
+        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript (``interim`` and ``cancelled``
+        change nothing: every pass is padded to 30 s, which is why interim passes are costly here)."""
         t0 = time.perf_counter()
         audio = _as_float32(audio)
         if len(audio) == 0:
@@ -154,8 +165,9 @@ class SharedEncoderASR(FasterWhisperASR):
 
     Rarely (a monologue piece cut mid-word) the decoder still loops; ``decode`` flags a text that
     reaches the token cap (``MAX_TOKENS_PER_S`` x duration) or compresses like a loop, and
-    ``transcribe`` then decodes that utterance the faster-whisper way, padded to 30 s
-    (``fallback_padded``; counted in ``fallbacks``). ``encoder_hidden`` is returned either way.
+    ``transcribe`` then decodes that utterance again (``fallback_padded``; counted in ``fallbacks``):
+    one under ``FALLBACK_ENCODER_S`` first padded to that, and if it still loops (or is longer) the
+    faster-whisper way, padded to 30 s. ``encoder_hidden`` is returned either way.
     """
 
     name = "shared-encoder"
@@ -195,17 +207,17 @@ class SharedEncoderASR(FasterWhisperASR):
         self._silence = np.array(self._ct2.encode(padding, to_cpu=True), dtype=np.float32)[0]  # (1500, 384)
         self._storage = ctranslate2.StorageView.from_array
 
-    def encode(self, audio: np.ndarray) -> tuple[list, bool]:
+    def encode(self, audio: np.ndarray, min_s: float | None = None) -> tuple[list, bool]:
         """``audio`` (n,) float32 at 16 kHz -> ([hidden (1, L, 384) torch per block], padded).
 
         The input is scaled to ``peak_level`` (as the voice model does) and zero-padded to
-        ``min_encoder_s`` when shorter (``padded`` True); L = ceil(max(n, pad) / 320).
+        ``min_s`` (default ``min_encoder_s``) when shorter (``padded`` True); L = ceil(max(n, pad) / 320).
         """
         torch = self.torch
         wav = torch.from_numpy(np.ascontiguousarray(_as_float32(audio)))[None]
         if self.peak_level is not None:
             wav = wav * (self.peak_level / wav.abs().amax(-1, keepdim=True).clamp(min=SILENT_PEAK))
-        min_samples = int(round(self.min_encoder_s * SAMPLE_RATE_HZ))
+        min_samples = int(round((self.min_encoder_s if min_s is None else min_s) * SAMPLE_RATE_HZ))
         padded = wav.shape[1] < min_samples
         if padded:
             wav = torch.nn.functional.pad(wav, (0, min_samples - wav.shape[1]))
@@ -258,20 +270,33 @@ class SharedEncoderASR(FasterWhisperASR):
         text, _ = self.decode(states, duration_s)
         return Transcript(text, self.language, (time.perf_counter() - t0) * 1000)
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
+    def transcribe(self, audio: np.ndarray, interim: bool = False,
+                   cancelled: Callable[[], bool] | None = None) -> Transcript:
         """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript with ``encoder_hidden``
-        (None when the utterance was padded to ``min_encoder_s``)."""
+        (None when the utterance was padded to ``min_encoder_s``). ``interim``: no padded
+        fallback; a text that looks like a loop comes back as None (nothing usable yet).
+        ``cancelled()`` is asked between the encoder pass and the decoding (about two thirds of
+        the time): True gives up there, with text None."""
         t0 = time.perf_counter()
         audio = _as_float32(audio)
         if len(audio) == 0:
             return Transcript("", self.language, 0.0)
         hidden, padded = self.encode(audio)
+        if cancelled is not None and cancelled():
+            return Transcript(None, self.language, (time.perf_counter() - t0) * 1000)
         text, runaway = self.decode(hidden[-1], len(audio) / SAMPLE_RATE_HZ)
+        if interim:
+            return Transcript(None if runaway else text, self.language, (time.perf_counter() - t0) * 1000)
         if runaway and self.fallback_padded:
             self.fallbacks += 1
-            log.info("utterance decoded again padded to 30 s: the shared-encoder text looked like a loop (%r)",
-                     text[:80])
-            text = super().transcribe(audio).text
+            looped = text
+            if len(audio) < FALLBACK_ENCODER_S * SAMPLE_RATE_HZ:   # a short one: more silence first
+                more, _ = self.encode(audio, min_s=FALLBACK_ENCODER_S)
+                text, runaway = self.decode(more[-1], len(audio) / SAMPLE_RATE_HZ)
+            if runaway:
+                log.info("utterance decoded again padded to 30 s: the shared-encoder text looked like a loop (%r)",
+                         looped[:80])
+                text = super().transcribe(audio).text
         return Transcript(text, self.language, (time.perf_counter() - t0) * 1000,
                           encoder_hidden=None if padded else hidden)
 
@@ -296,8 +321,10 @@ class HFWhisperASR:
             str(self.model_dir), local_files_only=True).to(device).eval()
         self.device, self.language, self.max_new_tokens = device, language, max_new_tokens
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript."""
+    def transcribe(self, audio: np.ndarray, interim: bool = False,
+                   cancelled: Callable[[], bool] | None = None) -> Transcript:
+        """``audio`` (n,) float32 in [-1, 1] at 16 kHz -> Transcript (``interim`` and ``cancelled``
+        change nothing)."""
         t0 = time.perf_counter()
         audio = _as_float32(audio)
         if len(audio) == 0:
@@ -321,7 +348,8 @@ class NoASR:
 
     name = "none"
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
+    def transcribe(self, audio: np.ndarray, interim: bool = False,
+                   cancelled: Callable[[], bool] | None = None) -> Transcript:
         return Transcript(None, None, 0.0)
 
     def warmup(self) -> None:
@@ -350,6 +378,21 @@ def make_asr(name: Literal["faster-whisper", "shared-encoder", "hf-whisper", "no
 _STOP = object()
 
 
+def agreed_prefix(previous: list[str], current: list[str]) -> list[str]:
+    """The words two successive hypotheses begin with alike (whisper_streaming's local agreement;
+    compared without case and punctuation, returned as ``current`` spells them)."""
+    n = 0
+    for a, b in zip(previous, current):
+        if _plain(a) != _plain(b):
+            break
+        n += 1
+    return current[:n]
+
+
+def _plain(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
 class AsrWorker:
     """Transcribes utterances in a worker thread, first in first out, and hands each one on.
 
@@ -358,23 +401,52 @@ class AsrWorker:
     counted in ``blocked_submits``). Each finished utterance goes to ``forward(utterance)``
     in the worker thread, in submission order, with ``text`` set (kept as supplied when the
     backend returns None, repetition loops cut: :func:`cut_repetition`), ``encoder_hidden``
-    when the backend returns encoder states, and ``timings_ms["asr"]`` (transcription) and
-    ``timings_ms["asr_wait"]`` (queueing) in ms. ``forward`` may block (the next stage's
-    bounded queue): that is the backpressure. A failing transcription is logged and counted
-    in ``errors``; its utterance still goes on, with ``text`` unchanged.
+    when the backend returns encoder states, and ``timings_ms["asr"]`` (transcription after
+    the end of speech was decided) and ``timings_ms["asr_wait"]`` (queueing) in ms. ``forward``
+    may block (the next stage's bounded queue): that is the backpressure. A failing
+    transcription is logged and counted in ``errors``; its utterance still goes on, with
+    ``text`` unchanged.
+
+    Work before the end of speech, so that little is left after it:
+
+    * ``speculate(pause)``: a :class:`~mmer.realtime.frames.SpeechPause` carries the audio the
+      utterance will have if the silence lasts; it is decoded at once (during the rest of the
+      silence). The Utterance with the same ``key`` and length then takes that text, the same
+      whole-utterance decode it would have had (``timings_ms["asr"]`` 0, ``"asr_early"`` the
+      pass's own time; ``speculative_used``); speech that resumes (``resumed()``) makes it
+      ``speculative_wasted`` and stops it where the backend can.
+    * ``interim(so_far, speaker)``: a :class:`~mmer.realtime.frames.SpeechSoFar` is decoded only
+      when the worker has nothing else to do and interim passes have used at most half of its
+      time, else skipped (``interim_skipped``): an interim pass never delays a queued final. Its words go to ``on_interim`` as an
+      :class:`~mmer.realtime.frames.Interim` with the prefix two passes agreed on committed; in
+      the worker thread, so every interim of an utterance is handed on before the utterance.
     """
 
     def __init__(self, asr: SpeechToText, max_pending: int = DEFAULT_MAX_PENDING,
-                 forward: Callable[[Utterance], None] | None = None):
+                 forward: Callable[[Utterance], None] | None = None,
+                 on_interim: Callable[[Interim], None] | None = None):
         if max_pending < 1:
             raise ValueError(f"AsrWorker max_pending must be >= 1, got {max_pending}")
         self.asr = asr
         self.max_pending = max_pending
         self.forward = forward or (lambda utterance: None)
+        self.on_interim = on_interim
+        # Utterances, pauses and interim passes share one queue, in stream order; pauses and
+        # interim passes are never waited for (skipped when it is full).
         self._in: queue.Queue = queue.Queue(maxsize=max_pending)
         self._cond = threading.Condition()
         self.submitted = self.completed = self.blocked_submits = self.errors = self.loops_cut = 0
+        self.speculative = self.speculative_used = self.speculative_wasted = self.speculative_skipped = 0
+        self.interim_passes = self.interim_skipped = 0
         self.last_error: BaseException | None = None
+        self._early: tuple | None = None   # (key, samples, text, encoder_hidden, ms) of the last pause decoded
+        self._heard: dict[int, tuple[list[str], list[str]]] = {}  # utterance id -> (last hypothesis, committed)
+        self._busy = False
+        # Interim passes keep to at most half of this thread's time: after a pass of d seconds the
+        # next waits d more (long utterances and slow backends make passes long; finals come first).
+        # On the stream clock, so a lockstep replay skips what a live stream would.
+        self._interim_ready_s = float("-inf")
+        self._pauses = self._void_pause = 0   # pauses offered; the latest one speech resumed after
         self._closed = False
         self.thread = threading.Thread(target=self._run, name="mmer-asr", daemon=True)
         self.thread.start()
@@ -383,7 +455,7 @@ class AsrWorker:
         """Queue ``utterance`` for transcription (blocks only if ``max_pending`` are waiting)."""
         if self._closed:
             raise RuntimeError("AsrWorker.submit() after close()")
-        item = (utterance, time.perf_counter())
+        item = ("utterance", utterance, time.perf_counter(), None)
         try:
             self._in.put_nowait(item)
         except queue.Full:
@@ -392,35 +464,147 @@ class AsrWorker:
         with self._cond:
             self.submitted += 1
 
+    def speculate(self, pause: SpeechPause) -> Future | None:
+        """Decode ``pause``'s audio now, for the utterance it becomes if the silence lasts; the
+        returned future is done once that pass is (None: the queue was full, nothing queued)."""
+        self._pauses += 1
+        return self._offer("pause", pause, self._pauses)
+
+    def resumed(self) -> None:
+        """Speech resumed after the latest pause: its pass stops where the backend can (queued,
+        it is not started)."""
+        self._void_pause = self._pauses
+
+    def interim(self, so_far: SpeechSoFar, speaker: str = "") -> Future | None:
+        """Decode the words heard so far when the worker is idle; None when skipped (busy)."""
+        if self._busy or not self._in.empty() or so_far.time_s < self._interim_ready_s:
+            self.interim_skipped += 1
+            return None
+        return self._offer("interim", so_far, speaker)
+
+    def _offer(self, kind: str, item: Any, extra: Any = "") -> Future | None:
+        if self._closed:
+            return None
+        done: Future = Future()
+        try:
+            self._in.put_nowait((kind, item, extra, done))
+        except queue.Full:
+            if kind == "pause":
+                self.speculative_skipped += 1
+            else:
+                self.interim_skipped += 1
+            return None
+        return done
+
     def _run(self) -> None:
         while (item := self._in.get()) is not _STOP:
-            utterance, queued_at = item
-            started = time.perf_counter()
+            kind, payload, extra, done = item
+            self._busy = True
             try:
-                transcript = self.asr.transcribe(utterance.audio)
-                if transcript.text is not None:
-                    text = cut_repetition(transcript.text)
-                    if text != transcript.text:
-                        self.loops_cut += 1
-                        log.warning("utterance %s: speech-to-text repeated itself (%d characters); cut to %r",
-                                    utterance.id, len(transcript.text), text[:80])
-                    utterance.text = text
-                if transcript.encoder_hidden is not None:
-                    utterance.encoder_hidden = transcript.encoder_hidden
-            except Exception as e:  # one bad utterance must not end transcription for the session
-                self.errors += 1
-                self.last_error = e
-                log.warning("speech-to-text failed on utterance %s: %r", utterance.id, e)
-            finished = time.perf_counter()
-            utterance.timings_ms["asr_wait"] = (started - queued_at) * 1000
-            utterance.timings_ms["asr"] = (finished - started) * 1000
-            try:
-                self.forward(utterance)
-            except Exception:  # the next stage's problem, logged; this worker goes on
-                log.exception("handing utterance %s on after speech-to-text failed", utterance.id)
-            with self._cond:
-                self.completed += 1
-                self._cond.notify_all()
+                if kind == "utterance":
+                    self._final(payload, queued_at=extra)
+                elif kind == "pause":
+                    self._pause(payload, number=extra)
+                elif not self._in.empty():   # an interim pass never delays what came after it
+                    self.interim_skipped += 1
+                else:
+                    self._interim(payload, speaker=extra)
+            finally:
+                self._busy = False
+                if done is not None:
+                    done.set_result(None)
+
+    def _transcribe(self, utterance_id: int, audio: np.ndarray, interim: bool = False,
+                    cancelled: Callable[[], bool] | None = None) -> Transcript | None:
+        """The backend's transcript, repetition loops cut (None when it failed: logged, counted)."""
+        try:
+            # Finals call transcribe(audio) alone: a backend written for it needs nothing new.
+            transcript = (self.asr.transcribe(audio, interim=interim, cancelled=cancelled)
+                          if interim or cancelled is not None else self.asr.transcribe(audio))
+        except Exception as e:  # one bad utterance must not end transcription for the session
+            self.errors += 1
+            self.last_error = e
+            log.warning("speech-to-text failed on utterance %s: %r", utterance_id, e)
+            return None
+        if transcript.text is not None:
+            text = cut_repetition(transcript.text)
+            if text != transcript.text:
+                self.loops_cut += 1
+                log.warning("utterance %s: speech-to-text repeated itself (%d characters); cut to %r",
+                            utterance_id, len(transcript.text), text[:80])
+                transcript = replace(transcript, text=text)
+        return transcript
+
+    def _pause(self, pause: SpeechPause, number: int) -> None:
+        if self._early is not None:
+            self.speculative_wasted += 1   # speech resumed after that pause: its text is not the utterance's
+        self._early = None
+        def void() -> bool:
+            return self._void_pause >= number
+        if void():                          # speech resumed before the pass began
+            self.speculative_wasted += 1
+            return
+        started = time.perf_counter()
+        transcript = self._transcribe(-1, pause.audio, cancelled=void)
+        self.speculative += 1
+        if void():
+            self.speculative_wasted += 1
+            return
+        self._early = None if transcript is None else (
+            pause.key, len(pause.audio), transcript.text, transcript.encoder_hidden,
+            (time.perf_counter() - started) * 1000)
+
+    def _final(self, utterance: Utterance, queued_at: float) -> None:
+        started = time.perf_counter()
+        early, self._early = self._early, None
+        self._heard.pop(utterance.id, None)
+        self._interim_ready_s = float("-inf")   # the next utterance (maybe a new stream) starts afresh
+        if early is not None and utterance.key is not None and early[:2] == (utterance.key, len(utterance.audio)):
+            self.speculative_used += 1
+            text, hidden = early[2], early[3]
+            utterance.timings_ms["asr_early"] = early[4]
+        else:
+            if early is not None:
+                self.speculative_wasted += 1
+            transcript = self._transcribe(utterance.id, utterance.audio)
+            text, hidden = (None, None) if transcript is None else (transcript.text, transcript.encoder_hidden)
+        if text is not None:
+            utterance.text = text
+        if hidden is not None:
+            utterance.encoder_hidden = hidden
+        finished = time.perf_counter()
+        utterance.timings_ms["asr_wait"] = (started - queued_at) * 1000
+        utterance.timings_ms["asr"] = (finished - started) * 1000
+        try:
+            self.forward(utterance)
+        except Exception:  # the next stage's problem, logged; this worker goes on
+            log.exception("handing utterance %s on after speech-to-text failed", utterance.id)
+        with self._cond:
+            self.completed += 1
+            self._cond.notify_all()
+
+    def _interim(self, so_far: SpeechSoFar, speaker: str) -> None:
+        started = time.perf_counter()
+        # An interim pass gives up (where the backend can) once a pause or a final is queued.
+        transcript = self._transcribe(so_far.utterance_id, so_far.audio, interim=True,
+                                      cancelled=lambda: not self._in.empty())
+        self.interim_passes += 1
+        self._interim_ready_s = so_far.time_s + 2 * (time.perf_counter() - started)
+        if transcript is None or transcript.text is None or self.on_interim is None:
+            return
+        words = transcript.text.split()
+        previous, committed = self._heard.get(so_far.utterance_id, ([], []))
+        agreed = agreed_prefix(previous, words)
+        if len(agreed) > len(committed):   # committed words never change, only grow
+            committed = committed + agreed[len(committed):]
+        # The committed words stay as they are; the rest is this pass's latest guess.
+        shown = committed + words[len(committed):]
+        self._heard[so_far.utterance_id] = (words, committed)
+        try:
+            self.on_interim(Interim(so_far.utterance_id, so_far.start_s, so_far.time_s, " ".join(shown),
+                                    " ".join(committed), speaker))
+        except Exception:
+            log.exception("handing on the interim words of utterance %s failed", so_far.utterance_id)
 
     @property
     def pending(self) -> int:

@@ -96,6 +96,13 @@ class UtteranceAssembler:
             utt.timings_ms["face"] = (time.perf_counter() - t1) * 1000
         return turns, evidence
 
+    def interim_turns(self, speaker: str, text: str) -> list[Turn] | None:
+        """The turns the text model reads for words still being spoken: the dialogue so far and
+        ``(speaker, text)``, which does not join the context (its utterance will). None without words."""
+        if not text.strip():
+            return None
+        return self.context.turns() + [Turn(speaker, text.strip())]
+
     def reset(self) -> None:
         """Forget the conversation and the texts still waiting."""
         self.context.reset()

@@ -125,7 +125,8 @@ def build_pipeline(config: LiveConfig, *, predictor: Any = None, face_model: Any
     pipeline = LivePipeline(VadSegmenter.from_config(seg), asr, assembler, predictor, outputs, faces=faces,
                             frame_sinks=frame_sinks, queue_size=config.queues.utterances,
                             user_speaker=ctx.user_speaker, torch_threads=config.models.torch_threads,
-                            lockstep=lockstep, end_silence_s=max(0.0, seg.end_silence_ms - seg.post_roll_ms) / 1000)
+                            lockstep=lockstep, end_silence_s=max(0.0, seg.end_silence_ms - seg.post_roll_ms) / 1000,
+                            interim_stride_s=seg.interim_stride_ms / 1000)
     for overlay in frame_sinks:
         overlay.on_quit = pipeline.stop
     pipeline.websocket = websocket

@@ -128,6 +128,53 @@ class SpeechPause:
 
 
 @dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back after a :class:`SpeechPause` (at stream time ``time_s``): work begun on
+    that pause will not be the utterance's, and may stop."""
+
+    time_s: float
+
+
+@dataclass
+class SpeechSoFar:
+    """An utterance still being spoken: ``audio`` from its start (with the pre-roll) up to stream
+    time ``time_s``. ``utterance_id`` is the id its Utterance will have. A provisional item for
+    interim speech-to-text; the final text always comes from the whole utterance."""
+
+    utterance_id: int
+    start_s: float
+    time_s: float
+    audio: np.ndarray
+
+
+@dataclass
+class Interim:
+    """The words heard so far in utterance ``utterance_id`` (``type: "interim"``), never in place
+    of its prediction and always before it. ``text``: the latest hypothesis; ``committed``: its
+    prefix that two successive passes agreed on (whisper_streaming's local agreement), which
+    later passes keep. ``label`` / ``probs``: the text model on the dialogue context and
+    ``text`` (None without a text model)."""
+
+    utterance_id: int
+    start_s: float
+    time_s: float
+    text: str
+    committed: str
+    speaker: str = ""
+    label: str | None = None
+    probs: dict[str, float] | None = None
+    clock_origin_unix_s: float | None = None  # Unix time of stream second 0 (set by the pipeline)
+
+    def to_dict(self) -> dict:
+        """The JSON object of docs/live.md ("type": "interim")."""
+        start_s, time_s = round(self.start_s, 3), round(self.time_s, 3)
+        return {"type": "interim", "schema_version": SCHEMA_VERSION, "utterance_id": self.utterance_id,
+                "start_s": start_s, "time_s": time_s, "start_unix_s": to_unix_s(self.clock_origin_unix_s, start_s),
+                "time_unix_s": to_unix_s(self.clock_origin_unix_s, time_s), "speaker": self.speaker,
+                "text": self.text, "committed": self.committed, "label": self.label, "probs": self.probs}
+
+
+@dataclass(frozen=True)
 class FaceObservation:
     """The face path's result for one frame: ``box`` (x, y, w, h) and ``probs`` over the face
     model's label set, or both ``None`` when no face was found."""

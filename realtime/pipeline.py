@@ -13,7 +13,9 @@ joins words, dialogue context and face window, the predictor fuses, the outputs 
 :class:`Prediction`. A stage that falls behind blocks the one before it: utterances are never
 dropped (camera frames may be, counted by the face path). Every wait has a deadline.
 
-Callbacks: ``on_prediction`` runs in ``mmer-predict``, ``on_event`` in the caller's thread; one
+Callbacks: ``on_prediction`` runs in ``mmer-predict``, ``on_event`` in the caller's thread (the
+``interim`` words heard while someone speaks come from ``mmer-predict``, before that utterance's
+prediction); one
 that raises is logged and counted (``callback_errors``) and the other outputs still get the frame.
 """
 
@@ -31,7 +33,8 @@ import numpy as np
 from mmer.errors import UsageError
 from mmer.media import downmix
 from mmer.realtime.clock import StreamClock
-from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, UtteranceEnded, VadEvent, VideoFrame
+from mmer.realtime.frames import (SAMPLE_RATE_HZ, AudioChunk, Interim, SpeechPause, SpeechResumed, SpeechSoFar,
+                                  Utterance, UtteranceEnded, VadEvent, VideoFrame)
 from mmer.realtime.prediction_worker import PredictionWorker
 from mmer.realtime.sinks import CallbackSink
 
@@ -52,25 +55,29 @@ class LivePipeline:
     opens the websocket). ``faces``: the face path or None; ``frame_sinks``: outputs that also
     see camera frames (the overlay). ``lockstep``: the caller waits for each utterance's
     prediction before reading on (benchmarks: per-utterance latency without queueing).
-    ``end_silence_s``: lockstep replays give the voice model's early run this much wall time.
+    ``end_silence_s``: lockstep replays give the early runs at a pause (voice model and speech-to-
+    text) this much wall time, what is left of the silence live; ``interim_stride_s``: they give
+    an interim speech-to-text pass this much, the time until the next one live.
     """
 
     def __init__(self, segmenter: Any, asr: Any, assembler: Any, predictor: Any, outputs: Any, *,
                  faces: Any = None, frame_sinks: tuple = (), queue_size: int = 8, user_speaker: str = "user",
-                 torch_threads: int = 0, lockstep: bool = False, end_silence_s: float = 0.0) -> None:
+                 torch_threads: int = 0, lockstep: bool = False, end_silence_s: float = 0.0,
+                 interim_stride_s: float = 0.0) -> None:
         from mmer.realtime.asr import AsrWorker
 
         self.segmenter, self.asr, self.assembler, self.predictor = segmenter, asr, assembler, predictor
         self.outputs, self.face_path, self.frame_sinks = outputs, faces, tuple(frame_sinks)
         self.user_speaker, self.torch_threads = user_speaker, torch_threads
-        self.lockstep, self.end_silence_s = lockstep, end_silence_s
+        self.lockstep, self.end_silence_s, self.interim_stride_s = lockstep, end_silence_s, interim_stride_s
         self.context = assembler.context
         self._audio_end_s: float | None = None
         self.clock = StreamClock()            # stream s -> Unix time for the JSON stamps (mmer.realtime.clock)
         self.stop_event = threading.Event()   # run() returns when set
         self.worker = PredictionWorker(assembler, predictor, outputs, faces, queue_size=queue_size,
                                        host_text=asr.name == "none", torch_threads=torch_threads)
-        self.asr_worker = None if asr.name == "none" else AsrWorker(asr, queue_size, forward=self.worker.put)
+        self.asr_worker = None if asr.name == "none" else AsrWorker(asr, queue_size, forward=self.worker.put,
+                                                                  on_interim=self._interim_words)
         if faces is not None:
             faces.start()
 
@@ -96,7 +103,8 @@ class LivePipeline:
 
     def on_event(self, callback: Callable[[Any], Any]) -> None:
         """``callback(event)`` for :class:`VadEvent` (speech start/end) and :class:`UtteranceEnded`
-        (the moment to ``push_text`` its words with ASR "none"), in the caller's thread."""
+        (the moment to ``push_text`` its words with ASR "none"), in the caller's thread, and for
+        :class:`Interim` (the words heard so far, with speech-to-text), in ``mmer-predict``."""
         self.outputs.add(CallbackSink(callback, events=True))
 
     def push_turn(self, speaker: str, text: str) -> None:
@@ -152,11 +160,28 @@ class LivePipeline:
                 stamped = replace(item, clock_origin_unix_s=self.clock.origin_for(item.time_s))
                 self.outputs.emit(stamped, event=True)
             elif isinstance(item, SpeechPause):
-                early = self.predictor.speculate(item, self.user_speaker)
-                if early is not None and self.lockstep:  # live, the rest of the silence passes first
-                    wait([early], timeout=self.end_silence_s)
+                early = [self.predictor.speculate(item, self.user_speaker)]
+                if self.asr_worker is not None:
+                    early.append(self.asr_worker.speculate(item))
+                early = [job for job in early if job is not None]
+                if early and self.lockstep:  # live, the rest of the silence passes first
+                    wait(early, timeout=self.end_silence_s)
+            elif isinstance(item, SpeechResumed):
+                if self.asr_worker is not None:
+                    self.asr_worker.resumed()
+            elif isinstance(item, SpeechSoFar):
+                if self.asr_worker is not None:
+                    job = self.asr_worker.interim(item, self.user_speaker)
+                    if job is not None and self.lockstep:  # live, the next stride passes first
+                        wait([job], timeout=self.interim_stride_s)
             else:
                 self._queue_utterance(item, decided_at_s)
+
+    def _interim_words(self, interim: Interim) -> None:
+        """The speech-to-text worker heard words of an open utterance: on to the prediction worker,
+        which adds the text model's reading and emits it (before that utterance's prediction)."""
+        interim.clock_origin_unix_s = self.clock.origin_unix_s
+        self.worker.put_interim(interim)
 
     def _queue_utterance(self, utt: Utterance, decided_at_s: float) -> None:
         if self.lockstep and self.face_path is not None:

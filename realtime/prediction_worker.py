@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import Any
 
-from mmer.realtime.frames import Utterance
+from mmer.realtime.frames import Interim, Utterance
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class PredictionWorker:
         self.host_text, self.torch_threads = host_text, torch_threads
         self.inbox: queue.Queue = queue.Queue(maxsize=queue_size)
         self.predictions: deque = deque(maxlen=RECENT_PREDICTIONS)
-        self.stats = {"utterances": 0, "predictions": 0, "errors": 0, "flush_timeouts": 0}
+        self.stats = {"utterances": 0, "predictions": 0, "errors": 0, "flush_timeouts": 0, "interims": 0,
+                      "interim_dropped": 0}
         self._done = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="mmer-predict", daemon=True)
         self.thread.start()
@@ -46,6 +47,14 @@ class PredictionWorker:
     def put(self, utterance: Utterance) -> None:
         """Queue ``utterance``; blocks while the inbox is full (backpressure, never a drop)."""
         self.inbox.put(utterance)
+
+    def put_interim(self, interim: Interim) -> None:
+        """Queue words heard so far (an event, behind the utterances already queued and before
+        their own utterance); skipped, never waited for, when the inbox is full."""
+        try:
+            self.inbox.put_nowait(interim)
+        except queue.Full:
+            self.stats["interim_dropped"] += 1
 
     def admit(self) -> None:
         """Count one more utterance in flight (once it is queued, at this stage or an earlier one)."""
@@ -72,6 +81,9 @@ class PredictionWorker:
 
             torch.set_num_threads(self.torch_threads)  # this thread only (OpenMP)
         while (utt := self.inbox.get()) is not _STOP:
+            if isinstance(utt, Interim):
+                self._interim(utt)
+                continue
             try:
                 if self.host_text:
                     self.assembler.take_host_text(utt)
@@ -88,6 +100,18 @@ class PredictionWorker:
             with self._done:
                 self.stats[outcome] += 1
                 self._done.notify_all()
+
+    def _interim(self, interim: Interim) -> None:
+        """The text model on the words so far, then the event out (a failure is logged, not counted
+        against the utterance)."""
+        try:
+            turns = self.assembler.interim_turns(interim.speaker, interim.text)
+            if turns is not None:
+                interim.label, interim.probs = self.predictor.interim_text(turns)
+            self.outputs.emit(interim, event=True)
+            self.stats["interims"] += 1
+        except Exception:
+            log.exception("interim words of utterance %s failed", interim.utterance_id)
 
     def close(self, timeout_s: float) -> None:
         """Stop after the queued utterances; each wait has ``timeout_s`` (a stuck thread is logged)."""

@@ -389,6 +389,15 @@ class Predictor:
             split=utterance.split, face=face_info, abstained=abstained, weights=weights,
             clock_origin_unix_s=utterance.clock_origin_unix_s)
 
+    def interim_text(self, turns: Sequence[Turn]) -> tuple[str | None, dict[str, float] | None]:
+        """(label, meld7 probabilities) of the text model alone on ``turns`` (the dialogue and the
+        words heard so far), calibrated as in :meth:`predict`; (None, None) without a text model."""
+        if self.text is None:
+            return None, None
+        out = self.text.predict(list(turns))
+        probs = self.maps["text"].map_probs(self.calibration["text"].probs(out["logits"][0]))
+        return self.labels[int(np.argmax(probs))], _probs_dict(probs, self.labels)
+
     def _run_voice(self, utterance: Utterance) -> tuple[dict[str, np.ndarray], float]:
         t0 = time.perf_counter()
         out = self.voice.predict(np.ascontiguousarray(utterance.audio, dtype=np.float32),

@@ -32,7 +32,9 @@ def counters(pipeline: Any) -> dict[str, Any]:
     if pipeline.asr_worker is not None:
         worker = pipeline.asr_worker
         parts.update(asr_blocked_submits=worker.blocked_submits, asr_errors=worker.errors,
-                     asr_loops_cut=worker.loops_cut)
+                     asr_loops_cut=worker.loops_cut, asr_early_used=worker.speculative_used,
+                     asr_early_wasted=worker.speculative_wasted, asr_early_skipped=worker.speculative_skipped,
+                     asr_interim_passes=worker.interim_passes, asr_interim_skipped=worker.interim_skipped)
     parts.update(pipeline.outputs.counters())
     return parts
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from mmer.config import bounded
 from mmer.extras import MissingExtra, require
-from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, Utterance, VadEvent
+from mmer.realtime.frames import SAMPLE_RATE_HZ, AudioChunk, SpeechPause, SpeechResumed, SpeechSoFar, Utterance, VadEvent
 
 from mmer.media import INT16_FULL_SCALE  # int16 -> float32 in [-1, 1)
 WEBRTC_FRAME_MS = (10, 20, 30)  # the only frame lengths webrtcvad accepts
@@ -214,7 +214,15 @@ class SegmenterConfig:
       average and rarely above 15 s, and Whisper's window is 30 s.
     - ``pause_events`` true: once a silence has lasted ``post_roll_ms``, the utterance's audio is
       final unless speech resumes, so a :class:`SpeechPause` carries it: the voice model runs
-      during the remaining ~400 ms of silence instead of after the end is decided.
+      during the remaining ~400 ms of silence instead of after the end is decided; the
+      speech-to-text worker decodes the same audio then, so at the end only the text model and
+      fusion remain.
+    - ``interim_stride_ms`` 1000: while someone speaks, every this much audio a
+      :class:`SpeechSoFar` carries the utterance so far, for interim speech-to-text (the words
+      heard so far, in the whisper_streaming manner). Each pass costs an encoder pass and a
+      decode (~0.1-0.2 s of one core for Whisper tiny on a few seconds): shorter strides give
+      earlier words for more CPU; a busy worker skips passes, and a piece longer than half of
+      ``max_utterance_s`` gets no more (each pass re-decodes the whole piece). 0 turns them off.
     """
 
     vad: Literal["webrtc", "silero"] = "webrtc"
@@ -228,6 +236,7 @@ class SegmenterConfig:
     min_utterance_ms: float = bounded(250.0, ge=0, le=10_000)
     max_utterance_s: float = bounded(15.0, gt=0, le=120)
     pause_events: bool = True
+    interim_stride_ms: float = bounded(1000.0, ge=0, le=60_000)
 
 
 def make_vad(config: SegmenterConfig, sample_rate_hz: int = SAMPLE_RATE_HZ) -> FrameVad:
@@ -298,7 +307,8 @@ class VadSegmenter:
                  min_utterance_ms: float = SegmenterConfig.min_utterance_ms,
                  max_utterance_s: float = SegmenterConfig.max_utterance_s,
                  post_roll_ms: float = SegmenterConfig.post_roll_ms,
-                 pause_events: bool = SegmenterConfig.pause_events):
+                 pause_events: bool = SegmenterConfig.pause_events,
+                 interim_stride_ms: float = SegmenterConfig.interim_stride_ms):
         if min(start_ms, end_silence_ms, pre_roll_ms, min_utterance_ms, post_roll_ms) < 0 or max_utterance_s <= 0:
             raise ValueError("segmenter durations must be >= 0 (max_utterance_s > 0)")
         self.vad = vad
@@ -308,6 +318,7 @@ class VadSegmenter:
         self.min_utterance_ms, self.max_utterance_s = min_utterance_ms, max_utterance_s
         self.pause_events = pause_events
         sr = self.sample_rate_hz
+        self._interim_stride_samples = round(interim_stride_ms * sr / 1000)  # 0: no SpeechSoFar
         self._frame_s = vad.frame_samples / sr
         self._pre_roll_samples = round(pre_roll_ms * sr / 1000)
         self._post_roll_samples = round(post_roll_ms * sr / 1000)
@@ -324,7 +335,7 @@ class VadSegmenter:
         """A segmenter with ``config``'s durations around ``vad`` (default: ``make_vad(config)``)."""
         return cls(vad if vad is not None else make_vad(config), config.start_ms, config.end_silence_ms,
                    config.pre_roll_ms, config.min_utterance_ms, config.max_utterance_s, config.post_roll_ms,
-                   config.pause_events)
+                   config.pause_events, config.interim_stride_ms)
 
     @property
     def buffer_capacity_samples(self) -> int:
@@ -335,7 +346,7 @@ class VadSegmenter:
         """Forget all audio and state (ids keep increasing so they stay unique)."""
         self.vad.reset()
         self._ring.reset()
-        self._out: list[Utterance | VadEvent | SpeechPause] = []
+        self._out: list[Utterance | VadEvent | SpeechPause | SpeechResumed | SpeechSoFar] = []
         self.state = VadState.QUIET
         self._offset_s: float | None = None  # stream time of absolute sample 0
         self._frames_done = 0  # frames classified since reset
@@ -344,6 +355,7 @@ class VadSegmenter:
         self._last_voice: tuple[int, float] | None = None  # end of the last voiced frame
         self._piece_of_split = False
         self._paused_at: int | None = None  # last voiced index a SpeechPause was given for
+        self._interim_at = 0  # sample index of the last SpeechSoFar (or of the utterance's onset)
 
     def _time(self, index: int) -> float:
         return self._offset_s + index / self.sample_rate_hz
@@ -390,11 +402,15 @@ class VadSegmenter:
                 self.state, self._onset = VadState.QUIET, None
         else:  # SPEAKING or STOPPING
             if is_speech:
+                if st is VadState.STOPPING and self._paused_at == self._last_voice[0]:
+                    self._out.append(SpeechResumed(t_start))   # the SpeechPause of this silence is void
                 self.state, self._run_s, self._last_voice = VadState.SPEAKING, 0.0, (end_idx, t_end)
                 # Cut only while voiced (a pause ends the utterance within end_silence_ms anyway),
                 # at the last frame boundary that keeps the piece within max_utterance_s.
                 if t_end + self._frame_s - self._onset[1] > self.max_utterance_s + 1e-6:
                     self._cut_monologue(end_idx, t_end)
+                elif self._interim_stride_samples and end_idx - self._interim_at >= self._interim_stride_samples:
+                    self._so_far(end_idx)
             else:
                 if st is VadState.SPEAKING:
                     self.state, self._run_s = VadState.STOPPING, 0.0
@@ -410,6 +426,7 @@ class VadSegmenter:
             self.state = VadState.SPEAKING
             self._piece_of_split = False
             self._out.append(VadEvent("start", self._onset[1]))
+            self._interim_at = self._onset[0]
 
     def _cut_monologue(self, end_idx: int, t_end: float) -> None:
         """Emit the speech so far as a split piece and go on with a new piece from here."""
@@ -417,6 +434,7 @@ class VadSegmenter:
         self._emit(self._onset, cut, audio_end_index=end_idx, split=True, pre_roll=not self._piece_of_split)
         self._piece_of_split = True
         self._onset, self._last_voice = cut, cut
+        self._interim_at = end_idx
 
     def _end_utterance(self, last_voice: tuple[int, float], now_index: int, split: bool) -> None:
         audio_end = min(last_voice[0] + self._post_roll_samples, now_index)
@@ -429,10 +447,25 @@ class VadSegmenter:
         """The audio of the utterance so far is what _end_utterance would emit now: offer it."""
         onset, last = self._onset, self._last_voice
         self._paused_at = last[0]
-        if self._piece_of_split or (last[1] - onset[1]) * 1000 < self.min_utterance_ms - 1e-6:
-            return   # a split tail or a too-short run: nothing to start early on
-        _, audio = self._audio(onset, min(last[0] + self._post_roll_samples, now_index), pre_roll=True)
+        if not self._piece_of_split and (last[1] - onset[1]) * 1000 < self.min_utterance_ms - 1e-6:
+            return   # a too-short run would be dropped: nothing to start early on (a split tail is kept)
+        _, audio = self._audio(onset, min(last[0] + self._post_roll_samples, now_index),
+                               pre_roll=not self._piece_of_split)
         self._out.append(SpeechPause((onset[0], last[0]), onset[1], last[1], audio))
+
+    def _so_far(self, now_index: int) -> None:
+        """Offer the open utterance's audio up to now for an interim transcription. Only once it
+        is long enough to be emitted (so ``utterance_id`` is the id it will get)."""
+        self._interim_at = now_index
+        onset, last = self._onset, self._last_voice
+        if not self._piece_of_split and (last[1] - onset[1]) * 1000 < self.min_utterance_ms - 1e-6:
+            return
+        if self._time(now_index) - onset[1] > self.max_utterance_s / 2:
+            # A long piece: each pass re-decodes all of it (0.3-0.8 s of a core at 8-15 s), tells
+            # little more than the last one, and would still be running when the monologue is cut.
+            return
+        _, audio = self._audio(onset, now_index, pre_roll=not self._piece_of_split)
+        self._out.append(SpeechSoFar(self._next_id, onset[1], self._time(now_index), audio))
 
     def _audio(self, onset: tuple[int, float], audio_end_index: int, pre_roll: bool) -> tuple[int, np.ndarray]:
         start = max(onset[0] - (self._pre_roll_samples if pre_roll else 0), 0,
@@ -452,12 +485,12 @@ class VadSegmenter:
                                    audio_start_s=self._time(audio_start_index), key=(onset[0], end[0])))
         self._next_id += 1
 
-    def poll(self) -> list[Utterance | VadEvent | SpeechPause]:
+    def poll(self) -> list[Utterance | VadEvent | SpeechPause | SpeechResumed | SpeechSoFar]:
         """Everything decided since the last poll, in stream order."""
         out, self._out = self._out, []
         return out
 
-    def flush(self) -> list[Utterance | VadEvent | SpeechPause]:
+    def flush(self) -> list[Utterance | VadEvent | SpeechPause | SpeechResumed | SpeechSoFar]:
         """End of stream / shutdown: close a pending utterance now and return all outputs.
 
         A run still in STARTING (shorter than ``start_ms``) is discarded as noise.

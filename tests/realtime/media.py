@@ -183,3 +183,20 @@ def cached(tmp_path_factory, name: str, build: Callable[[Path], object], *key) -
         result = build(path)
         meta.write_text(json.dumps(result, default=str))
     return path, json.loads(meta.read_text())
+
+
+PUSH_SAMPLES = 480   # 30 ms pushes, as a microphone gives
+
+
+def segment(audio: np.ndarray, rate: int, **config) -> list:
+    """Everything a real VadSegmenter with ``SegmenterConfig(**config)`` emits for ``audio``
+    pushed in 30 ms chunks, then flushed, in order."""
+    from mmer.realtime.frames import AudioChunk
+    from mmer.realtime.vad import SegmenterConfig, VadSegmenter
+
+    seg = VadSegmenter.from_config(SegmenterConfig(**config))
+    items = []
+    for start in range(0, len(audio), PUSH_SAMPLES):
+        seg.push(AudioChunk(audio[start:start + PUSH_SAMPLES], start / rate))
+        items += seg.poll()
+    return items + seg.flush()

@@ -7,24 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmer.realtime.frames import AudioChunk, SpeechPause, Utterance
-from mmer.realtime.vad import SegmenterConfig, VadSegmenter
+from mmer.realtime.frames import SpeechPause, Utterance
 from tests.realtime import media
 
 pytestmark = pytest.mark.skipif(bool(media.missing_tools()), reason=f"needs {media.missing_tools()} on PATH")
 
 TURNS = ("I lost my keys on the train this morning, and then, well, the bus was late.", "That is great news!")
-CHUNK = 480   # 30 ms pushes, as a microphone gives
 
 
 def segment(wav_path, **config) -> list:
-    audio, rate = media.read_wav(wav_path)
-    seg = VadSegmenter.from_config(SegmenterConfig(**config))
-    items = []
-    for start in range(0, len(audio), CHUNK):
-        seg.push(AudioChunk(audio[start:start + CHUNK], start / rate))
-        items += seg.poll()
-    return items + seg.flush()
+    return media.segment(*media.read_wav(wav_path), **config)
 
 
 @pytest.fixture(scope="module")

