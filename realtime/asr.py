@@ -638,7 +638,7 @@ def _said_twice(text: str) -> bool:
     """True when ``text`` is one phrase of 2+ words said 2+ times over and nothing else: too
     short for the compression rule, but the shared encoder's short-utterance loop (the padded
     re-decode costs one more pass and is right when the person did repeat themselves)."""
-    words = [w for w in ("".join(ch for ch in w.lower() if ch.isalnum()) for w in text.split()) if w]
+    words = [w for w in map(_plain, text.split()) if w]
     for size in range(2, len(words) // 2 + 1):
         if len(words) % size == 0 and words == words[:size] * (len(words) // size):
             return True

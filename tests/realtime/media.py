@@ -200,3 +200,17 @@ def segment(audio: np.ndarray, rate: int, **config) -> list:
         seg.push(AudioChunk(audio[start:start + PUSH_SAMPLES], start / rate))
         items += seg.poll()
     return items + seg.flush()
+
+
+MELD_COLUMNS = ["Sr No.", "Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime", "EndTime"]
+
+
+def write_meld_csv(path: str | Path, rows: Sequence[Sequence]) -> Path:
+    """A transcript CSV in MELD's layout (``MELD_COLUMNS``, one row per utterance), for mmer-predict."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(MELD_COLUMNS)
+        w.writerows(rows)
+    return Path(path)

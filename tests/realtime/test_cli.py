@@ -106,13 +106,9 @@ def test_predict_files_and_transcript_csv(models, tmp_path, capsys):
     wav = tmp_path / "two.wav"
     media.make_conversation_wav(wav, ["Good morning to you.", "I cannot believe it!"])
     transcript = tmp_path / "dialogues.csv"
-    with open(transcript, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime",
-                    "EndTime"])
-        w.writerow([1, "Where were you?", "Monica", "anger", 0, 0, "00:00:01,000", "00:00:02,500"])
-        w.writerow([2, "Sorry, traffic.", "Joey", "sadness", 0, 1, "00:00:03,000", "00:00:04,000"])
-        w.writerow([3, "Hi!", "Rachel", "joy", 1, 0, "", ""])
+    media.write_meld_csv(transcript, [[1, "Where were you?", "Monica", "anger", 0, 0, "00:00:01,000", "00:00:02,500"],
+                                      [2, "Sorry, traffic.", "Joey", "sadness", 0, 1, "00:00:03,000", "00:00:04,000"],
+                                      [3, "Hi!", "Rachel", "joy", 1, 0, "", ""]])
     out = tmp_path / "pred.jsonl"
     assert predict_main([str(wav), str(transcript), "--asr", "none", "--face-model", "none", "--json", str(out),
                          *models, "segmenter.end_silence_ms=500"]) == 0

@@ -8,7 +8,6 @@ through one map per stream (monotonic, ``end - start`` as in stream seconds).
 
 from __future__ import annotations
 
-import csv
 import json
 import threading
 import time
@@ -213,12 +212,8 @@ def test_mmer_predict_lines_validate(tiny_checkpoints, tmp_path, validator):  # 
     wav = tmp_path / "two.wav"
     media.make_conversation_wav(wav, ["Good morning to you.", "I cannot believe it!"])
     transcript = tmp_path / "dialogues.csv"
-    with open(transcript, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["Sr No.", "Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime",
-                    "EndTime"])
-        w.writerow([1, "Where were you?", "Monica", "anger", 0, 0, "00:00:01,000", "00:00:02,500"])
-        w.writerow([2, "Hi!", "Rachel", "joy", 1, 0, "", ""])
+    media.write_meld_csv(transcript, [[1, "Where were you?", "Monica", "anger", 0, 0, "00:00:01,000", "00:00:02,500"],
+                                      [2, "Hi!", "Rachel", "joy", 1, 0, "", ""]])
     out = tmp_path / "pred.jsonl"
     assert predict_main([str(wav), str(wav), str(transcript), "--asr", "none", "--face-model", "none",
                          "--json", str(out), "--text-model", str(tiny_checkpoints["text"]),
