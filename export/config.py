@@ -85,8 +85,9 @@ class CalibrationConfig:
     data: str = "meld-dev"
     num_samples: int = 64
     audio_range_s: tuple[float, float] = (1.0, 8.0)   # audio students: clip lengths drawn in this range
-    method: str = "minmax"   # minmax | entropy | percentile (ONNX Runtime calibrators)
+    method: str = "percentile"   # minmax | entropy | percentile (ONNX Runtime calibrators)
     per_channel: bool = True
+    keep_float: tuple[str, ...] = ("attention", "gelu_output")   # MatMul groups left float (quantize.KEEP_FLOAT_GROUPS)
     seed: int = 0
 
 

@@ -79,8 +79,9 @@ def _step_int8_static(ctx: StepContext, src: Path) -> Path:
     c = ctx.cfg.calibration
     ctx.notes["int8"] = {"method": "static QDQ", "calibration": {"data": c.data, "samples": c.num_samples,
                                                                  "method": c.method, "per_channel": c.per_channel},
-                         "tool": "onnxruntime.quantization"}
-    return onnx2int8_static(src, ctx.work / "int8-static.onnx", ctx.calibration_samples(), "ort", c.method, c.per_channel)
+                         "kept_float": list(c.keep_float), "tool": "onnxruntime.quantization"}
+    return onnx2int8_static(src, ctx.work / "int8-static.onnx", ctx.calibration_samples(), "ort", c.method,
+                            c.per_channel, c.keep_float)
 
 
 def _step_qdq(ctx: StepContext, src: Path) -> Path:
@@ -94,9 +95,10 @@ def _step_qdq(ctx: StepContext, src: Path) -> Path:
         ctx.notes["int8"] = {"method": "implicit calibrator (deprecated)",
                              "calibration": {"data": c.data, "samples": c.num_samples}}
         return src
-    path, tool = onnx2qdq_tensorrt(src, ctx.work / "qdq.onnx", ctx.calibration_samples(), c.method)
+    path, tool = onnx2qdq_tensorrt(src, ctx.work / "qdq.onnx", ctx.calibration_samples(), c.method, c.keep_float)
     ctx.notes["int8"] = {"method": "explicit Q/DQ", "tool": tool, "calibration": {"data": c.data, "samples": c.num_samples,
-                                                                                  "method": c.method}}
+                                                                                  "method": c.method},
+                         "kept_float": list(c.keep_float)}
     return path
 
 

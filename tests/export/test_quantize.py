@@ -113,3 +113,34 @@ def test_cli_exit_code_reports_a_failed_gate(teacher, meld_root, tmp_path, capsy
     assert "PARITY GATE FAILED" in capsys.readouterr().err
     report = json.loads((tmp_path / "out" / "parity.json").read_text())
     assert report["passed"] is False and report["gates"][0]["passed"] is False
+
+
+def _matmul_feeds(folder) -> dict[str, str]:
+    """MatMul node name -> the op type that produces its first input."""
+    graph = onnx.load(str(folder / MODEL_FILE)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    return {n.name: producer[n.input[0]].op_type for n in graph.node if n.op_type == "MatMul" and n.input[0] in producer}
+
+
+def test_static_int8_keeps_the_ffn_output_projection_float(teacher, meld_root, tmp_path):
+    quick = ("parity.num_samples=2", "parity.f1_utterances=0") + CALIBRATION
+    kept = export(teacher, "onnx-int8-static", tmp_path / "kept", quick, data_root=meld_root)
+    quantized = export(teacher, "onnx-int8-static", tmp_path / "quantized", quick + ("calibration.keep_float=[attention]",),
+                       data_root=meld_root)
+    kept_feeds, quantized_feeds = _matmul_feeds(tmp_path / "kept"), _matmul_feeds(tmp_path / "quantized")
+    ffn_out = [n for n in kept_feeds if "/output/dense/" in n and "/attention/" not in n]
+    projections = [n for n in kept_feeds if n.split("/")[-2] in ("query", "key", "value")]
+    assert ffn_out and projections
+    assert all(kept_feeds[n] != "DequantizeLinear" for n in ffn_out)      # reads the GELU in float
+    assert all(quantized_feeds[n] == "DequantizeLinear" for n in ffn_out)
+    assert all(kept_feeds[n] == quantized_feeds[n] == "DequantizeLinear" for n in projections)
+    assert kept.card["int8"]["kept_float"] == ["attention", "gelu_output"]
+    assert quantized.card["int8"]["kept_float"] == ["attention"]
+
+
+def test_static_int8_refuses_an_unknown_float_group(teacher, meld_root, tmp_path):
+    from mmer.export.quantize import QuantizeError
+
+    with pytest.raises(QuantizeError, match="calibration.keep_float.*softmax"):
+        export(teacher, "onnx-int8-static", tmp_path, ("parity.f1_utterances=0", "calibration.keep_float=[softmax]")
+               + CALIBRATION, data_root=meld_root)
