@@ -224,10 +224,6 @@ def onnx2int8_static(src: str | Path, dst: str | Path, samples: list[dict[str, n
         raise QuantizeError("static INT8 needs calibration samples; none were given")
     if target not in ("ort", "tensorrt"):
         raise QuantizeError(f"target must be 'ort' or 'tensorrt', got {target!r}")
-    keep_float = tuple(keep_float)
-    unknown = sorted(set(keep_float) - set(KEEP_FLOAT_GROUPS))
-    if unknown:
-        raise QuantizeError(f"calibration.keep_float: {unknown} not among {list(KEEP_FLOAT_GROUPS)}")
     symmetric = target == "tensorrt"
     extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
     if symmetric:
@@ -250,7 +246,12 @@ def onnx2int8_static(src: str | Path, dst: str | Path, samples: list[dict[str, n
 
 
 def float_matmuls(path: str | Path, groups: Iterable[str]) -> list[str]:
-    """Names of the MatMul nodes of the graph at ``path`` in the ``groups`` static INT8 keeps float."""
+    """Names of the MatMul nodes of the graph at ``path`` in the ``groups`` static INT8 keeps float
+    (every quantizer path asks here, so an unknown group is refused on each)."""
+    groups = set(groups)
+    unknown = sorted(groups - set(KEEP_FLOAT_GROUPS))
+    if unknown:
+        raise QuantizeError(f"calibration.keep_float: {unknown} not among {list(KEEP_FLOAT_GROUPS)}")
     names: list[str] = []
     if "attention" in groups:
         names += activation_matmuls(path)
