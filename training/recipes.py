@@ -62,6 +62,9 @@ class TeacherModelConfig:
     num_speaker_tokens: int = DEFAULT_SPEAKER_TOKENS
     dropout: float = 0.1
     prompt_template: str = DEFAULT_PROMPT
+    # seed of the random weights (head, speaker tokens); None: optim.seed. Runs meant to be averaged
+    # into one model (python -m mmer.training.soup) share it and differ in optim.seed (order, dropout).
+    init_seed: int | None = None
 
 
 @dataclass

@@ -168,7 +168,8 @@ def run_teacher(recipe: TeacherRecipe, resume: bool = False) -> dict:
     """Fine-tune the text teacher on ``recipe.data`` (text only)."""
     datasets = build_splits(recipe.data, ("text",), recipe.optim.progress, recipe.optim.device)
     label_set = label_set_of(recipe.data)
-    torch.manual_seed(recipe.optim.seed)  # the random head weights
+    init_seed = recipe.optim.seed if recipe.model.init_seed is None else recipe.model.init_seed
+    torch.manual_seed(init_seed)  # the random head weights
     teacher = build_teacher(recipe, label_set)
     items = {name: encode_text_items(teacher, ds) for name, ds in datasets.items()}
     lengths = {name: [len(it.input_ids) for it in its] for name, its in items.items()}

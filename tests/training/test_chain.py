@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,45 @@ def test_eval_refuses_what_it_cannot_feed(chain, tmp_path, capsys):
     code = eval_main([str(runs["visual"] / "checkpoint"), "--data", "emodb", "--data-root", str(tiny.root)])
     assert code == 2
     assert "EmoDB has only audio" in capsys.readouterr().err
+
+
+def test_greedy_soup_of_two_teachers_from_one_init(chain, tmp_path, capsys):
+    """A second teacher from the same random weights (model.init_seed) but another data order joins the
+    first in a weight average chosen on dev; a teacher from other initial weights is refused."""
+    from mmer.training import soup
+
+    tiny, runs, tmp = chain
+    second = tmp_path / "teacher_s7"
+    assert train_main(["teacher", "--config", "mmer_meld_teacher", "--out", str(second), f"data.root={tiny.root}",
+                       f"model.encoder={tmp / 'tiny_bert'}", f"model.kd_dim={KD_DIM}", "model.max_tokens=64",
+                       "optim.epochs=3", "optim.lr=2e-3", "optim.seed=7", "model.init_seed=42", *COMMON]) == 0
+    first_ckpt, second_ckpt = runs["teacher"] / "checkpoint", second / "checkpoint"
+    assert soup.init_seed(mmer.load(second_ckpt).checkpoint_meta) == 42
+    out = tmp_path / "soup" / "checkpoint"
+    assert soup.main([str(first_ckpt), str(second_ckpt), "--data-root", str(tiny.root), "--out", str(out)]) == 0
+    record = json.loads((out.parent / "soup.json").read_text())
+    assert len(record["candidates"]) == 2 and 1 <= len(record["ingredients"]) <= 2
+    assert record["dev"]["weighted_f1"] >= max(c["dev"]["weighted_f1"] for c in record["candidates"])
+    souped = mmer.load(out)
+    assert souped.checkpoint_meta["provenance"]["soup"]["ingredients"] == record["ingredients"]
+    assert "calibration" not in souped.checkpoint_meta   # fitted again by calibrate_neutral_prior.py
+    assert "test_metrics" not in souped.checkpoint_meta["provenance"]   # an ingredient's, not the soup's
+    states = [mmer.load(c).state_dict() for c in record["ingredients"]]
+    key = "classifier.weight"
+    expected = sum(s[key].float() for s in states) / len(states)
+    assert torch_allclose(souped.state_dict()[key], expected)
+    assert souped(["Hi.", "You're late again!"])[0]["label"] in souped.checkpoint_meta["id2label"].values()
+
+    other = tmp_path / "other_init"
+    shutil.copytree(second_ckpt, other)
+    meta = json.loads((other / "mmer.json").read_text())
+    meta["provenance"]["config"]["model"]["init_seed"] = 3
+    (other / "mmer.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=r"init seed .* 3 differs"):
+        soup.main([str(first_ckpt), str(other), "--data-root", str(tiny.root), "--out", str(tmp_path / "x")])
+
+
+def torch_allclose(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a.float(), b.float(), atol=1e-6))
