@@ -69,6 +69,21 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: f
     return tau ** 2 * (inter + intra)
 
 
+def soft_target_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, tau: float) -> torch.Tensor:
+    """Knowledge distillation towards soft targets (Hinton et al. 2015): tau^2 * KL(p || softmax(z / tau)).
+
+    student_logits: (B, C); target_probs: (B, C) rows summing to 1 (an ensemble's mean probability
+    at the same tau). Returns the batch mean; tau^2 keeps its gradient on the scale of the CE term.
+    """
+    if student_logits.shape != target_probs.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and soft targets "
+                         f"{tuple(target_probs.shape)} must both be (B, C)")
+    if tau <= 0:
+        raise ValueError(f"distillation temperature tau must be > 0, got {tau}")
+    log_q = torch.log_softmax(student_logits.float() / tau, dim=1)
+    return tau ** 2 * F.kl_div(log_q, target_probs.float(), reduction="batchmean")
+
+
 def feature_kd_loss(teacher_feat: torch.Tensor, student_feat: torch.Tensor, t: float = 1.0) -> torch.Tensor:
     """L_feature, eqs. (13)-(15).
 

@@ -71,8 +71,9 @@ class TeacherModelConfig:
 class LossConfig:
     """Eq. (6): CE (class-weighted and/or label-smoothed) + alpha * DIST + beta * feature KD.
 
-    alpha / beta / tau / feature_t are read by the student stage only; alpha = beta = 0 trains
-    a student without a teacher (the EmoDB voice model).
+    alpha / beta / tau / feature_t are read by the student stage; alpha = beta = 0 trains
+    a student without a teacher (the EmoDB voice model). The teacher stage reads alpha and tau
+    when it distils an ensemble (TeacherRecipe.ensemble): L = CE + alpha * tau^2 * KL.
     """
 
     class_weighting: Literal["none", "inverse", "inverse_sqrt"] = "none"
@@ -85,12 +86,20 @@ class LossConfig:
 
 @dataclass
 class TeacherRecipe:
-    """`mmer-train teacher`: the text teacher with cross-entropy."""
+    """`mmer-train teacher`: the text teacher with cross-entropy.
+
+    ensemble: frozen text-teacher checkpoints over the same label set; when given, their mean
+    probability at temperature loss.tau on each training utterance is a soft target, and the
+    loss adds loss.alpha * tau^2 * KL(ensemble || teacher) (Hinton et al. 2015): one model
+    learns what several agree on, at the cost of one.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: TeacherModelConfig = field(default_factory=TeacherModelConfig)
     loss: LossConfig = field(default_factory=lambda: LossConfig(alpha=0.0, beta=0.0))
     optim: TrainerConfig = field(default_factory=lambda: TrainerConfig(lr=1e-6, epochs=10, batch_size=4))
+    ensemble: list[str] = field(default_factory=list)
+    cache_dir: str | None = None   # the ensemble's output cache; default $MMER_CACHE_DIR or ~/.cache/mmer
     out: str = "runs/teacher"
 
 

@@ -35,7 +35,7 @@ from mmer.training.cache import FeatureCache, default_cache_dir, encoder_fingerp
 from mmer.training.datasets import (DatasetError, EmotionDataset, MediaOptions, Sample, build_dataset, pad_waveforms,
                                     stack_frames)
 from mmer.training.distributed import main_process_first
-from mmer.training.losses import class_weights_from_counts, cross_entropy, student_loss
+from mmer.training.losses import class_weights_from_counts, cross_entropy, soft_target_kl, student_loss
 from mmer.training.recipes import DataConfig, FusionRecipe, StudentRecipe, TeacherRecipe
 from mmer.training.sentiment import run_msa
 from mmer.training.trainer import Splits, StepOutput, Trainer, resolve_device
@@ -124,11 +124,14 @@ class TextItem:
     input_ids: list[int]
     label: int
     uid: str
+    soft: np.ndarray | None = None   # (C,) an ensemble's probabilities, when distilling one
 
 
-def encode_text_items(teacher, dataset: EmotionDataset) -> list[TextItem]:
-    """Encode every sample of ``dataset`` with the teacher's prompt builder (once, before training)."""
-    return [TextItem(teacher.prompt.encode(s.turns, s.target_index)["input_ids"], s.label, s.uid)
+def encode_text_items(teacher, dataset: EmotionDataset, soft: dict[str, np.ndarray] | None = None) -> list[TextItem]:
+    """Encode every sample of ``dataset`` with the teacher's prompt builder (once, before training);
+    ``soft``: uid -> soft target, attached where given."""
+    soft = soft or {}
+    return [TextItem(teacher.prompt.encode(s.turns, s.target_index)["input_ids"], s.label, s.uid, soft.get(s.uid))
             for s in dataset.samples]
 
 
@@ -137,16 +140,25 @@ def text_collate(prompt) -> callable:
     def collate(items: list[TextItem]) -> dict:
         batch = prompt.collate([{"input_ids": it.input_ids} for it in items])
         batch["labels"] = torch.tensor([it.label for it in items], dtype=torch.long)
+        if all(it.soft is not None for it in items):   # training batches of an ensemble distillation
+            batch["soft"] = torch.from_numpy(np.stack([it.soft for it in items]))
         return batch
     return collate
 
 
-def ce_step(forward, class_weights: torch.Tensor | None, label_smoothing: float):
-    """A step function: ``forward(model, batch) -> EmotionOutput``, then (weighted) CE on its logits."""
+def ce_step(forward, class_weights: torch.Tensor | None, label_smoothing: float, alpha: float = 0.0,
+            tau: float = 1.0):
+    """A step function: ``forward(model, batch) -> EmotionOutput``, then (weighted) CE on its logits,
+    plus ``alpha`` * the soft-target KL at ``tau`` on batches that carry ``soft`` targets."""
     def step(model, batch: dict) -> StepOutput:
         out = forward(model, batch)
         loss = cross_entropy(out.logits, batch["labels"], class_weights, label_smoothing)
-        return StepOutput(loss, out.logits, batch["labels"], {"cls": float(loss.detach())})
+        parts = {"cls": float(loss.detach())}
+        if alpha and "soft" in batch:
+            kd = soft_target_kl(out.logits, batch["soft"].to(out.logits.device), tau)
+            parts["kd"] = float(kd.detach())
+            loss = loss + alpha * kd
+        return StepOutput(loss, out.logits, batch["labels"], parts)
     return step
 
 
@@ -171,18 +183,49 @@ def run_teacher(recipe: TeacherRecipe, resume: bool = False) -> dict:
     init_seed = recipe.optim.seed if recipe.model.init_seed is None else recipe.model.init_seed
     torch.manual_seed(init_seed)  # the random head weights
     teacher = build_teacher(recipe, label_set)
-    items = {name: encode_text_items(teacher, ds) for name, ds in datasets.items()}
+    soft = ensemble_targets(recipe, datasets["train"], label_set) if recipe.ensemble else None
+    items = {name: encode_text_items(teacher, ds, soft if name == "train" else None) for name, ds in datasets.items()}
     lengths = {name: [len(it.input_ids) for it in its] for name, its in items.items()}
     for name, ls in lengths.items():
         log.info("teacher %s: %d prompts, tokens mean %.0f, max %d", name, len(ls), np.mean(ls), max(ls))
     splits = Splits(items["train"], items["dev"], items.get("test"), text_collate(teacher.prompt), lengths)
     weights = train_class_weights(datasets["train"], recipe.loss.class_weighting)
-    step = ce_step(teacher_forward, weights, recipe.loss.label_smoothing)
+    step = ce_step(teacher_forward, weights, recipe.loss.label_smoothing, recipe.loss.alpha if soft else 0.0,
+                   recipe.loss.tau)
     provenance = {"stage": "teacher", **dataset_provenance(recipe.data, datasets),
                   "class_weights": None if weights is None else weights.tolist()}
+    if soft:
+        provenance["ensemble"] = {"members": [str(Path(m).resolve()) for m in recipe.ensemble],
+                                  "alpha": recipe.loss.alpha, "tau": recipe.loss.tau, "targets": "train split"}
     trainer = Trainer(teacher, step, splits, recipe.optim, recipe.out, get_label_set(label_set).labels,
                       run_config=recipe, provenance=provenance)
     return trainer.fit(resume=resume)
+
+
+def ensemble_targets(recipe: TeacherRecipe, train: EmotionDataset, label_set: str) -> dict[str, np.ndarray]:
+    """uid -> the mean probability at ``loss.tau`` of the frozen ``recipe.ensemble`` teachers on
+    each training utterance (their outputs cached, so a resumed run reads them from disk)."""
+    if recipe.loss.alpha <= 0:
+        raise ConfigError("ensemble=[...] distils those teachers: set loss.alpha > 0 (the weight of the "
+                          "soft-target term, 1.0 for example)")
+    device = resolve_device(recipe.optim.device)
+    cache_dir = recipe.cache_dir or default_cache_dir()
+    total: dict[str, np.ndarray] = {}
+    for member in recipe.ensemble:
+        model, out = cached_outputs(member, {"train": train}, cache_dir, recipe.optim.eval_batch_size, device,
+                                    media_options(recipe.data))
+        if model.registry_name != "teacher" or model.modality != "text":
+            raise ConfigError(f"ensemble member {member}: a {model.registry_name}; an ensemble of text teachers "
+                              f"is distilled into one")
+        _check_label_set(model, label_set, "ensemble member")
+        del model
+        for uid, o in out.items():
+            z = o["logits"].astype(np.float64) / recipe.loss.tau
+            p = np.exp(z - z.max())
+            total[uid] = total.get(uid, 0.0) + p / p.sum()
+    log.info("ensemble of %d teachers: soft targets on %d training utterances (tau %.2f)",
+             len(recipe.ensemble), len(total), recipe.loss.tau)
+    return {uid: (p / len(recipe.ensemble)).astype(np.float32) for uid, p in total.items()}
 
 
 # -- frozen models on samples (shared by the student and fusion stages and by mmer-eval) -------

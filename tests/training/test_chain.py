@@ -175,3 +175,24 @@ def torch_allclose(a, b) -> bool:
     import torch
 
     return bool(torch.allclose(a.float(), b.float(), atol=1e-6))
+
+
+def test_teacher_distils_an_ensemble_of_teachers(chain, tmp_path, capsys):
+    """ensemble=[...] adds a soft-target KL on the training split (the members' outputs cached once);
+    without loss.alpha the recipe is refused by name."""
+    tiny, runs, tmp = chain
+    member = runs["teacher"] / "checkpoint"
+    base = ["teacher", "--config", "mmer_meld_teacher", f"data.root={tiny.root}", f"model.encoder={tmp / 'tiny_bert'}",
+            f"model.kd_dim={KD_DIM}", "model.max_tokens=64", "optim.epochs=2", "optim.lr=2e-3",
+            f"ensemble=[{member}, {member}]", f"cache_dir={tmp_path / 'cache'}", *COMMON]
+    out = tmp_path / "distilled"
+    assert train_main([*base, "--out", str(out), "loss.alpha=1.0", "loss.tau=2.0"]) == 0
+    metrics = check_run(out, "teacher")
+    assert all(e["train_parts"]["kd"] >= 0.0 for e in metrics["epochs"])
+    ensemble = mmer.load(out / "checkpoint").checkpoint_meta["provenance"]["ensemble"]
+    assert ensemble == {"members": [str(member.resolve())] * 2, "alpha": 1.0, "tau": 2.0, "targets": "train split"}
+    assert any((tmp_path / "cache").rglob("*")), "the members' outputs are cached"
+
+    capsys.readouterr()
+    assert train_main([*base, "--out", str(tmp_path / "refused"), "loss.alpha=0.0"]) == 2
+    assert "set loss.alpha > 0" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmer.training.losses import (class_weights_from_counts, cross_entropy, dist_loss, feature_kd_loss,
-                                  student_loss)
+                                  soft_target_kl, student_loss)
 
 S_LOGITS = np.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3], [-0.5, 0.2, 2.2], [1.0, 1.0, 0.0]])
 T_LOGITS = np.array([[1.5, 0.0, -0.5], [0.0, 2.0, -1.0], [0.3, -0.2, 1.8], [2.0, 0.5, 0.1]])
@@ -121,3 +121,17 @@ def test_class_weights_inverse_sqrt():
     assert class_weights_from_counts([1, 2], "none") is None
     w0 = class_weights_from_counts([4, 0], "inverse")
     assert torch.isfinite(w0).all()
+
+
+def test_soft_target_kl_matches_numpy_and_vanishes_on_its_own_targets():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(5, 7))
+    p = rng.dirichlet(np.ones(7), size=5)
+    tau = 2.0
+    q = np.exp(z / tau) / np.exp(z / tau).sum(1, keepdims=True)
+    expected = tau ** 2 * np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1))
+    got = soft_target_kl(torch.tensor(z), torch.tensor(p), tau)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert soft_target_kl(torch.tensor(z), torch.tensor(q), tau).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        soft_target_kl(torch.tensor(z), torch.tensor(p), 0.0)
