@@ -7,8 +7,9 @@ Runs meant for a soup are trained with one ``model.init_seed`` and different ``o
 (data order and dropout), e.g. ``mmer-train teacher ... optim.seed=43 model.init_seed=42``.
 
 Greedy soup (Wortsman et al., ICML 2022): the ingredients are ranked by their own MELD **dev**
-weighted F1; each is added to the running weight average only if the average's dev weighted F1
-does not drop. The soup has the size and cost of one teacher, so the live text stage does not
+weighted F1 as they would ship, after their own neutral prior (mmer.training.neutral_prior: the
+best offset on the neutral logit, which moves the score by more than the soups differ); each is
+added to the running weight average only if the average's calibrated dev weighted F1 does not drop. The soup has the size and cost of one teacher, so the live text stage does not
 slow down. For reference the script also prints the uniform soup and the logit ensemble (mean
 of the probabilities, N times the compute), on dev only.
 
@@ -16,7 +17,7 @@ Averaging is only meaningful for runs that start from the same weights: the ingr
 share the encoder, the label set and the seed of their random weights (``model.init_seed``,
 else ``optim.seed``); anything else is refused by name. The soup is written in the dtype of the
 first ingredient and with its dims (max_tokens), the best ingredient's recipe and the dev scores in the provenance, and without calibration:
-run ``scripts/calibrate_neutral_prior.py`` on it, which fits the neutral prior, the temperature
+run ``python -m mmer.training.neutral_prior`` on it, which fits the neutral prior, the temperature
 and the reliability on MELD dev. Nothing but MELD dev is read.
 """
 
@@ -33,11 +34,13 @@ import torch
 import mmer
 from mmer.checkpoint import read_meta, resolve, save_checkpoint
 from mmer.metrics import classification_metrics
+from mmer.training.neutral_prior import choose_offset
 from mmer.training.recipes import DataConfig
 from mmer.training.stages import build_split, run_frozen
 
 BATCH = 32
 MELD_LABELS = "meld7"
+SCORE = "calibrated_weighted_f1"   # dev weighted F1 after the model's own neutral prior
 # provenance keys that describe one ingredient's run, not the soup
 INGREDIENT_ONLY = ("test_metrics", "best_epoch", "wall_time_s", "neutral_prior", "date", "git_commit")
 
@@ -80,8 +83,12 @@ class DevScorer:
         return run_frozen(model, self.dataset, self.dataset.samples, BATCH, torch.device("cpu"), progress=False)["logits"]
 
     def metrics(self, logits: np.ndarray) -> dict:
+        """Dev scores of ``logits`` (n, C) as they are, and the weighted F1 after the best neutral offset."""
         m = classification_metrics(self.true, logits.argmax(1), self.labels)
-        return {k: round(m[k], 4) for k in ("weighted_f1", "accuracy", "macro_f1")}
+        offset, sweep = choose_offset(logits, self.true, self.labels, self.labels.index("neutral"))
+        calibrated = next(r for r in sweep if r["offset"] == offset)
+        return {**{k: round(m[k], 4) for k in ("weighted_f1", "accuracy", "macro_f1")},
+                "neutral_offset": offset, SCORE: calibrated["weighted_f1"]}
 
     def of_state(self, state: dict[str, torch.Tensor]) -> tuple[dict, np.ndarray]:
         self.model.load_state_dict(state)
@@ -109,11 +116,11 @@ def greedy_soup(folders: list[Path], scorer: "DevScorer", log=print) -> tuple[di
         probs.append(z / z.sum(1, keepdims=True))
         rows.append({"ingredient": str(folder), "dev": scorer.metrics(logits)})
         log(f"[{i + 1}/{len(folders)}] {folder}: dev {rows[-1]['dev']}")
-    order = sorted(range(len(folders)), key=lambda i: -rows[i]["dev"]["weighted_f1"])
+    order = sorted(range(len(folders)), key=lambda i: -rows[i]["dev"][SCORE])
     chosen, best = [order[0]], rows[order[0]]["dev"]
     for i in order[1:]:
         trial, _ = scorer.of_state(average([states[j] for j in chosen + [i]]))
-        kept = trial["weighted_f1"] >= best["weighted_f1"]
+        kept = trial[SCORE] >= best[SCORE]
         log(f"greedy: + {folders[i]}: dev {trial} -> {'kept' if kept else 'left out'}")
         if kept:
             chosen, best = chosen + [i], trial
@@ -122,7 +129,8 @@ def greedy_soup(folders: list[Path], scorer: "DevScorer", log=print) -> tuple[di
     log(f"uniform soup of all {len(folders)}: dev {uniform}")
     log(f"logit ensemble of all {len(folders)} ({len(folders)}x the compute, not shipped): dev {ensemble}")
     log(f"greedy soup of {len(chosen)}: dev {best}")
-    record = {"method": "greedy soup, selected on MELD dev weighted F1", "best_candidate": str(folders[order[0]]),
+    record = {"method": "greedy soup, selected on MELD dev weighted F1 after each model's neutral prior",
+              "best_candidate": str(folders[order[0]]),
               "ingredients": [str(folders[j]) for j in chosen], "candidates": rows, "dev": best,
               "uniform_dev": uniform, "ensemble_dev": ensemble}
     return average([states[j] for j in chosen]), record
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         merged.update(meta.get("provenance", {}))
     inherited = {k: v for k, v in merged.items() if k not in INGREDIENT_ONLY}
     provenance = {**inherited, "dev_metrics": record["dev"],
-                  "selection": "dev weighted_f1 (greedy soup)",
+                  "selection": "dev weighted_f1 after the neutral prior (greedy soup)",
                   "soup": {**record, "command": "python -m mmer.training.soup"}}
     dtype = torch.float16 if metas[0].get("weights_dtype") == "float16" else None
     out = Path(args.out)

@@ -151,10 +151,12 @@ def test_greedy_soup_of_two_teachers_from_one_init(chain, tmp_path, capsys):
     assert soup.main([str(first_ckpt), str(second_ckpt), "--data-root", str(tiny.root), "--out", str(out)]) == 0
     record = json.loads((out.parent / "soup.json").read_text())
     assert len(record["candidates"]) == 2 and 1 <= len(record["ingredients"]) <= 2
-    assert record["dev"]["weighted_f1"] >= max(c["dev"]["weighted_f1"] for c in record["candidates"])
+    score = soup.SCORE   # as shipped: after the model's own neutral prior
+    assert record["dev"][score] >= max(c["dev"][score] for c in record["candidates"])
+    assert all(c["dev"][score] >= c["dev"]["weighted_f1"] for c in record["candidates"])   # offset 0 is swept
     souped = mmer.load(out)
     assert souped.checkpoint_meta["provenance"]["soup"]["ingredients"] == record["ingredients"]
-    assert "calibration" not in souped.checkpoint_meta   # fitted again by calibrate_neutral_prior.py
+    assert "calibration" not in souped.checkpoint_meta   # fitted again by mmer.training.neutral_prior
     assert "test_metrics" not in souped.checkpoint_meta["provenance"]   # an ingredient's, not the soup's
     states = [mmer.load(c).state_dict() for c in record["ingredients"]]
     key = "classifier.weight"
@@ -196,3 +198,23 @@ def test_teacher_distils_an_ensemble_of_teachers(chain, tmp_path, capsys):
     capsys.readouterr()
     assert train_main([*base, "--out", str(tmp_path / "refused"), "loss.alpha=0.0"]) == 2
     assert "set loss.alpha > 0" in capsys.readouterr().err
+
+
+def test_neutral_prior_shifts_the_neutral_bias_by_the_dev_offset(chain, tmp_path):
+    """The offset is the best of the sweep on dev, goes into classifier.bias[neutral] alone, and the
+    calibration is refitted; the checkpoint records the command and both dev scores."""
+    from mmer.training import neutral_prior
+
+    tiny, runs, _ = chain
+    source, out = runs["teacher"] / "checkpoint", tmp_path / "prior" / "checkpoint"
+    assert neutral_prior.main(["--model", str(source), "--data-root", str(tiny.root), "--out", str(out)]) == 0
+    before, after = mmer.load(source), mmer.load(out)
+    prior = after.checkpoint_meta["provenance"]["neutral_prior"]
+    sweep = json.loads((out.parent / "neutral_prior_sweep.json").read_text())
+    assert prior["dev_after"]["weighted_f1"] == max(r["weighted_f1"] for r in sweep) >= prior["dev_before"]["weighted_f1"]
+    assert prior["command"] == "python -m mmer.training.neutral_prior"
+    shift = (after.state_dict()["classifier.bias"] - before.state_dict()["classifier.bias"]).tolist()
+    neutral = list(after.checkpoint_meta["id2label"].values()).index("neutral")
+    assert shift[neutral] == pytest.approx(prior["offset"], abs=1e-2)
+    assert all(abs(d) < 1e-6 for i, d in enumerate(shift) if i != neutral)
+    assert after.checkpoint_meta["calibration"]["temperature"] > 0

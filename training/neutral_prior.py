@@ -1,6 +1,6 @@
 """Calibrate a text teacher's neutral prior on MELD dev: one offset added to the neutral logit.
 
-    HF_HUB_OFFLINE=1 python scripts/calibrate_neutral_prior.py --model default-text \
+    HF_HUB_OFFLINE=1 python -m mmer.training.neutral_prior --model default-text \
         --data-root ../shared/data/MELD --out runs/neutral_prior/checkpoint
 
 A teacher trained with class weights (inverse_sqrt: neutral weighted 0.40) under-calls neutral,
@@ -28,6 +28,7 @@ from mmer.training.recipes import DataConfig
 from mmer.training.stages import build_split, run_frozen
 
 OFFSETS = np.round(np.arange(-2.0, 3.0001, 0.05), 2)
+COMMAND = "python -m mmer.training.neutral_prior"
 BATCH = 32
 
 
@@ -72,12 +73,12 @@ def refit_calibration(logits: np.ndarray, true: np.ndarray, labels: list[str], n
                          f"{nll_t:.4f}, UA {ua:.4f}"}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default-text")
     p.add_argument("--data-root", default="../shared/data/MELD")
     p.add_argument("--out", required=True, help="folder for the calibrated checkpoint")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     logits, true, labels = dev_logits(args.model, args.data_root)
     neutral = labels.index("neutral")
     offset, sweep = choose_offset(logits, true, labels, neutral)
@@ -105,11 +106,12 @@ def main() -> None:
     meta["calibration"] = refit_calibration(logits, true, labels, neutral, offset)
     meta.setdefault("provenance", {})["neutral_prior"] = {
         "offset": offset, "added_to": "classifier.bias[neutral]", "selected_on": "MELD dev weighted F1",
-        "dev_before": before, "dev_after": after, "command": "scripts/calibrate_neutral_prior.py"}
+        "dev_before": before, "dev_after": after, "command": COMMAND}
     (out / "mmer.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out.parent / "neutral_prior_sweep.json").write_text(json.dumps(sweep, indent=2) + "\n", encoding="utf-8")
     print(f"calibrated checkpoint -> {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
