@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 import mmer
 from mmer.checkpoint import read_meta, resolve, save_checkpoint
+from mmer.errors import MmerError, UsageError
 
 SHIPPED_FACTS = {
     "role": "embedded default text model of mmer-live",
@@ -36,13 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", required=True, help="the training command, as run (recorded in the provenance)")
     p.add_argument("--machine", required=True, help="where it ran, e.g. '2-core x86-64 CPU, no GPU'")
     args = p.parse_args(argv)
+    try:
+        return package(args)
+    except MmerError as e:
+        print(f"package_default_text: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def package(args: argparse.Namespace) -> int:
+    """Write the float16 checkpoint of ``args.model`` with the shipped facts to ``args.out``."""
     source = resolve(args.model)
     meta = read_meta(source)
     if meta.get("model") != "teacher" or meta.get("label_set") != "meld7":
-        raise SystemExit(f"{source}: a {meta.get('model')} over {meta.get('label_set')!r}; default-text is a "
+        raise UsageError(f"{source}: a {meta.get('model')} over {meta.get('label_set')!r}; default-text is a "
                          f"text teacher over 'meld7'")
     if meta.get("provenance", {}).get("neutral_prior"):
-        raise SystemExit(f"{source}: its neutral prior is already fitted; package the trained checkpoint, then fit "
+        raise UsageError(f"{source}: its neutral prior is already fitted; package the trained checkpoint, then fit "
                          f"the prior on the float16 weights")
     provenance = {**meta.get("provenance", {}), **SHIPPED_FACTS, "command": args.command, "machine": args.machine}
     out = Path(args.out)

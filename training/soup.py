@@ -9,15 +9,15 @@ Runs meant for a soup are trained with one ``model.init_seed`` and different ``o
 Greedy soup (Wortsman et al., ICML 2022): the ingredients are ranked by their own MELD **dev**
 weighted F1 as they would ship, after their own neutral prior (mmer.training.neutral_prior: the
 best offset on the neutral logit, which moves the score by more than the soups differ); each is
-added to the running weight average only if the average's calibrated dev weighted F1 does not drop. The soup has the size and cost of one teacher, so the live text stage does not
-slow down. For reference the script also prints the uniform soup and the logit ensemble (mean
+added to the running weight average only if the average's calibrated dev weighted F1 does not
+drop. The soup has the size and cost of one teacher, so the live text stage does not slow down. For reference the script also prints the uniform soup and the logit ensemble (mean
 of the probabilities, N times the compute), on dev only.
 
 Averaging is only meaningful for runs that start from the same weights: the ingredients must
 share the encoder, the label set and the seed of their random weights (``model.init_seed``,
-else ``optim.seed``); anything else is refused by name. The soup is written in the dtype of the
-first ingredient and with its dims (max_tokens), the best ingredient's recipe and the dev scores in the provenance, and without calibration:
-run ``python -m mmer.training.neutral_prior`` on it, which fits the neutral prior, the temperature
+else ``optim.seed``); anything else is refused by name (exit 2). The soup is written in the dtype
+of the first ingredient and with its dims (max_tokens), the best ingredient's recipe and the dev
+scores in the provenance, and without calibration: run ``python -m mmer.training.neutral_prior`` on it, which fits the neutral prior, the temperature
 and the reliability on MELD dev. Nothing but MELD dev is read.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 
 import mmer
 from mmer.checkpoint import read_meta, resolve, save_checkpoint
+from mmer.errors import MmerError, UsageError
 from mmer.metrics import classification_metrics
 from mmer.training.neutral_prior import choose_offset
 from mmer.training.recipes import DataConfig
@@ -53,11 +55,11 @@ def init_seed(meta: dict) -> int | None:
 
 
 def check_ingredients(folders: list[Path]) -> list[dict]:
-    """The ingredients' metadata; SystemExit naming the first one that cannot join the soup."""
+    """The ingredients' metadata; UsageError naming the first one that cannot join the soup."""
     metas = [read_meta(f) for f in folders]
     ref = metas[0]
     if ref.get("model") != "teacher" or ref.get("label_set") != MELD_LABELS:
-        raise SystemExit(f"soup: {folders[0]}: a {ref.get('model')} over {ref.get('label_set')!r}; the soup is "
+        raise UsageError(f"{folders[0]}: a {ref.get('model')} over {ref.get('label_set')!r}; the soup is "
                          f"scored on MELD dev, so it takes text teachers over {MELD_LABELS!r}")
     for folder, meta in zip(folders[1:], metas[1:]):
         for what, get in (("model", lambda m: m.get("model")),
@@ -65,7 +67,7 @@ def check_ingredients(folders: list[Path]) -> list[dict]:
                           ("label set", lambda m: m.get("label_set")),
                           ("init seed (model.init_seed, else optim.seed)", init_seed)):
             if get(meta) != get(ref):
-                raise SystemExit(f"soup: {folder}: {what} {get(meta)!r} differs from {folders[0]}'s "
+                raise UsageError(f"{folder}: {what} {get(meta)!r} differs from {folders[0]}'s "
                                  f"{get(ref)!r}; only runs from the same initial weights can be averaged")
     return metas
 
@@ -142,9 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default="../shared/data/MELD", help="the MELD folder (its dev split is read)")
     p.add_argument("--out", required=True, help="folder for the soup checkpoint")
     args = p.parse_args(argv)
+    try:
+        return make_soup(args)
+    except MmerError as e:
+        print(f"soup: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def make_soup(args: argparse.Namespace) -> int:
+    """Score the candidates, cook the greedy soup and write it with soup.json beside it."""
     folders = [resolve(m) for m in args.models]
     if len(folders) < 2:
-        raise SystemExit("soup: give at least two checkpoints")
+        raise UsageError("give at least two checkpoints")
     metas = check_ingredients(folders)
     scorer = DevScorer(args.data_root, folders[0])
     weights, record = greedy_soup(folders, scorer, log=lambda line: print(line, flush=True))
