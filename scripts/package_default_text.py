@@ -49,9 +49,11 @@ def package(args: argparse.Namespace) -> int:
     """Write the float16 checkpoint of ``args.model`` with the shipped facts to ``args.out``."""
     source = resolve(args.model)
     meta = read_meta(source)
-    if meta.get("model") != "teacher" or meta.get("label_set") != "meld7":
-        raise UsageError(f"{source}: a {meta.get('model')} over {meta.get('label_set')!r}; default-text is a "
-                         f"text teacher over 'meld7'")
+    encoder = meta.get("dims", {}).get("encoder")
+    if meta.get("model") != "teacher" or meta.get("label_set") != "meld7" or encoder != "minilm":
+        raise UsageError(f"{source}: a {meta.get('model')} on {encoder!r} over {meta.get('label_set')!r}; "
+                         f"default-text is a text teacher on the packaged 'minilm' over 'meld7' (its licences "
+                         f"are the ones recorded here)")
     if meta.get("provenance", {}).get("neutral_prior"):
         raise UsageError(f"{source}: its neutral prior is already fitted; package the trained checkpoint, then fit "
                          f"the prior on the float16 weights")

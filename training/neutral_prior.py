@@ -8,7 +8,8 @@ the class of half of everyday conversation. The offset b is the value in [-2, 3]
 that maximises weighted F1 on MELD **dev** (ties: the smallest |b|); nothing else is looked at.
 The offset goes into the classifier's bias, so every runtime and export reads the same model.
 The calibrated checkpoint (same dtype, provenance extended with the offset and the dev scores,
-its temperature and reliability fitted again on the shifted dev logits) is written to --out; score it with mmer-eval on MELD test and on DailyDialog (evaluation only).
+its temperature and reliability fitted again on the shifted dev logits) is written to --out;
+score it with mmer-eval on MELD test and on DailyDialog (evaluation only).
 """
 
 from __future__ import annotations

@@ -223,29 +223,39 @@ def test_neutral_prior_shifts_the_neutral_bias_by_the_dev_offset(chain, tmp_path
 
 def test_packaging_a_teacher_as_default_text_stores_float16_and_its_facts(chain, tmp_path, capsys):
     """scripts/package_default_text.py: float16 weights that predict as the float32 ones, the shipped
-    facts and the given command in the provenance; a checkpoint whose prior is fitted is refused."""
+    facts and the given command in the provenance; a teacher on another encoder, or one whose prior
+    is fitted, is refused. The MiniLM teacher here is default-text with its prior taken out of the record."""
     import runpy
 
     import torch
 
+    from mmer.checkpoint import save_checkpoint
+    from mmer.training import neutral_prior
+
     tiny, runs, _ = chain
     script = Path(__file__).resolve().parents[2] / "scripts" / "package_default_text.py"
     main = runpy.run_path(str(script))["main"]
-    source, out = runs["teacher"] / "checkpoint", tmp_path / "fp16" / "checkpoint"
-    assert main([str(source), "--out", str(out), "--command", "mmer-train teacher ...", "--machine", "here"]) == 0
+    shipped = mmer.load("default-text")
+    trained = tmp_path / "trained" / "checkpoint"
+    record = {k: v for k, v in shipped.checkpoint_meta["provenance"].items() if k != "neutral_prior"}
+    save_checkpoint(shipped, trained, provenance=record)   # float32, as mmer-train writes it
+    out = tmp_path / "fp16" / "checkpoint"
+    assert main([str(trained), "--out", str(out), "--command", "mmer-train teacher ...", "--machine", "here"]) == 0
     packaged = mmer.load(out)
     prov = packaged.checkpoint_meta["provenance"]
     assert packaged.checkpoint_meta["weights_dtype"] == "float16" and "calibration" not in packaged.checkpoint_meta
     assert prov["command"] == "mmer-train teacher ..." and prov["machine"] == "here" and "GPL-3.0" in prov["data_license"]
     turns = ["Hi.", "You're late again!"]
     with torch.no_grad():
-        for half, full in zip(packaged(turns), mmer.load(source)(turns)):
+        for half, full in zip(packaged(turns), shipped(turns)):
             assert half["scores"] == pytest.approx(full["scores"], abs=1e-2)
-
-    from mmer.training import neutral_prior
 
     calibrated = tmp_path / "prior" / "checkpoint"
     assert neutral_prior.main(["--model", str(out), "--data-root", str(tiny.root), "--out", str(calibrated)]) == 0
     assert mmer.load(calibrated).checkpoint_meta["weights_dtype"] == "float16"
+    capsys.readouterr()
     assert main([str(calibrated), "--out", str(tmp_path / "again"), "--command", "x", "--machine", "y"]) == 2
     assert "neutral prior is already fitted" in capsys.readouterr().err
+    assert main([str(runs["teacher"] / "checkpoint"), "--out", str(tmp_path / "tiny"), "--command", "x",
+                 "--machine", "y"]) == 2
+    assert "on the packaged 'minilm'" in capsys.readouterr().err
