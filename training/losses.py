@@ -44,6 +44,15 @@ def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + PEARSON_EPS)
 
 
+def _check_pair(student_logits: torch.Tensor, other: torch.Tensor, other_name: str, tau: float, loss: str) -> None:
+    """ValueError unless both are (B, C) alike and the temperature is positive."""
+    if student_logits.shape != other.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and {other_name} "
+                         f"{tuple(other.shape)} must both be (B, C)")
+    if tau <= 0:
+        raise ValueError(f"{loss} temperature tau must be > 0, got {tau}")
+
+
 def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """L_response (DIST), eqs. (7)-(12).
 
@@ -57,11 +66,7 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: f
     With B = 1 the intra term is the constant tau^2 (a single value has no correlation), which
     adds no gradient.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must both be (B, C)")
-    if tau <= 0:
-        raise ValueError(f"DIST temperature tau must be > 0, got {tau}")
+    _check_pair(student_logits, teacher_logits, "teacher logits", tau, "DIST")
     y_s = torch.softmax(student_logits.float() / tau, dim=1)
     y_t = torch.softmax(teacher_logits.detach().float() / tau, dim=1)
     inter = (1.0 - _pearson(y_s, y_t, dim=1)).mean()
@@ -75,11 +80,7 @@ def soft_target_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, tau
     student_logits: (B, C); target_probs: (B, C) rows summing to 1 (an ensemble's mean probability
     at the same tau). Returns the batch mean; tau^2 keeps its gradient on the scale of the CE term.
     """
-    if student_logits.shape != target_probs.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and soft targets "
-                         f"{tuple(target_probs.shape)} must both be (B, C)")
-    if tau <= 0:
-        raise ValueError(f"distillation temperature tau must be > 0, got {tau}")
+    _check_pair(student_logits, target_probs, "soft targets", tau, "distillation")
     log_q = torch.log_softmax(student_logits.float() / tau, dim=1)
     return tau ** 2 * F.kl_div(log_q, target_probs.float(), reduction="batchmean")
 
