@@ -33,13 +33,19 @@ COMMAND = "python -m mmer.training.neutral_prior"
 BATCH = 32
 
 
+def meld_dev(root: str):
+    """MELD dev as text samples, and its labels (n,)."""
+    dataset = build_split(DataConfig(name="meld", root=root), "dev", ("text",))
+    return dataset, np.array([s.label for s in dataset.samples])
+
+
 def dev_logits(model_name: str, root: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(logits (n, C), labels (n,), label names) of the teacher on MELD dev."""
     model = mmer.load(model_name)
-    dataset = build_split(DataConfig(name="meld", root=root), "dev", ("text",))
+    dataset, true = meld_dev(root)
     out = run_frozen(model, dataset, dataset.samples, BATCH, torch.device("cpu"), progress=True)
     labels = list(read_meta(resolve(model_name))["id2label"].values())
-    return out["logits"], np.array([s.label for s in dataset.samples]), labels
+    return out["logits"], true, labels
 
 
 def choose_offset(logits: np.ndarray, true: np.ndarray, labels: list[str], neutral: int) -> tuple[float, list]:

@@ -10,15 +10,17 @@ Greedy soup (Wortsman et al., ICML 2022): the ingredients are ranked by their ow
 weighted F1 as they would ship, after their own neutral prior (mmer.training.neutral_prior: the
 best offset on the neutral logit, which moves the score by more than the soups differ); each is
 added to the running weight average only if the average's calibrated dev weighted F1 does not
-drop. The soup has the size and cost of one teacher, so the live text stage does not slow down. For reference the script also prints the uniform soup and the logit ensemble (mean
-of the probabilities, N times the compute), on dev only.
+drop. The soup has the size and cost of one teacher, so the live text stage does not slow down.
+For reference the script also prints the uniform soup and the logit ensemble (mean of the
+probabilities, N times the compute), on dev only.
 
 Averaging is only meaningful for runs that start from the same weights: the ingredients must
 share the encoder, the label set and the seed of their random weights (``model.init_seed``,
 else ``optim.seed``); anything else is refused by name (exit 2). The soup is written in the dtype
 of the first ingredient and with its dims (max_tokens), the best ingredient's recipe and the dev
-scores in the provenance, and without calibration: run ``python -m mmer.training.neutral_prior`` on it, which fits the neutral prior, the temperature
-and the reliability on MELD dev. Nothing but MELD dev is read.
+scores in the provenance, and without calibration: run ``python -m mmer.training.neutral_prior``
+on it, which fits the neutral prior, the temperature and the reliability on MELD dev. Nothing but
+MELD dev is read.
 """
 
 from __future__ import annotations
@@ -36,11 +38,9 @@ import mmer
 from mmer.checkpoint import read_meta, resolve, save_checkpoint
 from mmer.errors import MmerError, UsageError
 from mmer.metrics import classification_metrics
-from mmer.training.neutral_prior import choose_offset
-from mmer.training.recipes import DataConfig
-from mmer.training.stages import build_split, run_frozen
+from mmer.training.neutral_prior import BATCH, choose_offset, meld_dev
+from mmer.training.stages import run_frozen
 
-BATCH = 32
 MELD_LABELS = "meld7"
 SCORE = "calibrated_weighted_f1"   # dev weighted F1 after the model's own neutral prior
 # provenance keys that describe one ingredient's run, not the soup
@@ -76,8 +76,7 @@ class DevScorer:
     """MELD dev weighted F1 of a teacher, or of any state dict loaded into the first ingredient."""
 
     def __init__(self, root: str, template: Path):
-        self.dataset = build_split(DataConfig(name="meld", root=root), "dev", ("text",))
-        self.true = np.array([s.label for s in self.dataset.samples])
+        self.dataset, self.true = meld_dev(root)
         self.labels = list(read_meta(template)["id2label"].values())
         self.model = mmer.load(template)
 
@@ -92,10 +91,10 @@ class DevScorer:
         return {**{k: round(m[k], 4) for k in ("weighted_f1", "accuracy", "macro_f1")},
                 "neutral_offset": offset, SCORE: calibrated["weighted_f1"]}
 
-    def of_state(self, state: dict[str, torch.Tensor]) -> tuple[dict, np.ndarray]:
+    def of_state(self, state: dict[str, torch.Tensor]) -> dict:
+        """Dev scores of ``state`` loaded into the first ingredient's model."""
         self.model.load_state_dict(state)
-        logits = self.logits(self.model)
-        return self.metrics(logits), logits
+        return self.metrics(self.logits(self.model))
 
 
 def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -114,19 +113,18 @@ def greedy_soup(folders: list[Path], scorer: "DevScorer", log=print) -> tuple[di
         model = mmer.load(folder)
         logits = scorer.logits(model)
         states.append({k: v.detach().float().clone() for k, v in model.state_dict().items()})
-        z = np.exp(logits - logits.max(1, keepdims=True))
-        probs.append(z / z.sum(1, keepdims=True))
+        probs.append(torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy())
         rows.append({"ingredient": str(folder), "dev": scorer.metrics(logits)})
         log(f"[{i + 1}/{len(folders)}] {folder}: dev {rows[-1]['dev']}")
     order = sorted(range(len(folders)), key=lambda i: -rows[i]["dev"][SCORE])
     chosen, best = [order[0]], rows[order[0]]["dev"]
     for i in order[1:]:
-        trial, _ = scorer.of_state(average([states[j] for j in chosen + [i]]))
+        trial = scorer.of_state(average([states[j] for j in chosen + [i]]))
         kept = trial[SCORE] >= best[SCORE]
         log(f"greedy: + {folders[i]}: dev {trial} -> {'kept' if kept else 'left out'}")
         if kept:
             chosen, best = chosen + [i], trial
-    uniform, _ = scorer.of_state(average(states))
+    uniform = scorer.of_state(average(states))
     ensemble = scorer.metrics(np.log(np.mean(probs, axis=0)))
     log(f"uniform soup of all {len(folders)}: dev {uniform}")
     log(f"logit ensemble of all {len(folders)} ({len(folders)}x the compute, not shipped): dev {ensemble}")

@@ -210,7 +210,8 @@ def ensemble_targets(recipe: TeacherRecipe, train: EmotionDataset, label_set: st
                           "soft-target term, 1.0 for example)")
     device = resolve_device(recipe.optim.device)
     cache_dir = recipe.cache_dir or default_cache_dir()
-    total: dict[str, np.ndarray] = {}
+    uids = [s.uid for s in train.samples]
+    total = np.zeros(1)
     for member in recipe.ensemble:
         model, out = cached_outputs(member, {"train": train}, cache_dir, recipe.optim.eval_batch_size, device,
                                     media_options(recipe.data))
@@ -219,13 +220,12 @@ def ensemble_targets(recipe: TeacherRecipe, train: EmotionDataset, label_set: st
                               f"is distilled into one")
         _check_label_set(model, label_set, "ensemble member")
         del model
-        for uid, o in out.items():
-            z = o["logits"].astype(np.float64) / recipe.loss.tau
-            p = np.exp(z - z.max())
-            total[uid] = total.get(uid, 0.0) + p / p.sum()
+        logits = torch.from_numpy(np.stack([out[u]["logits"] for u in uids]).astype(np.float64))
+        total = total + torch.softmax(logits / recipe.loss.tau, dim=1).numpy()
     log.info("ensemble of %d teachers: soft targets on %d training utterances (tau %.2f)",
-             len(recipe.ensemble), len(total), recipe.loss.tau)
-    return {uid: (p / len(recipe.ensemble)).astype(np.float32) for uid, p in total.items()}
+             len(recipe.ensemble), len(uids), recipe.loss.tau)
+    mean = (total / len(recipe.ensemble)).astype(np.float32)
+    return dict(zip(uids, mean))
 
 
 # -- frozen models on samples (shared by the student and fusion stages and by mmer-eval) -------
