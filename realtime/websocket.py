@@ -55,6 +55,8 @@ SERVER_START_TIMEOUT_S = 5.0     # how long start() waits for the socket to be b
 SERVER_STOP_TIMEOUT_S = 5.0      # how long close() waits for the event-loop thread to end
 CLOSE_POLICY = 1008              # websocket close code: policy violation (rate, slow client)
 CLOSE_TRY_AGAIN = 1013           # websocket close code: try again later (server full)
+DROP_CLOSE_TIMEOUT_S = 1.0       # a dropped client's socket is cut this long after the close frame:
+                                 # a flood fills the read queue, so its close reply is never read
 MAX_TEXT_CHARS = 2000            # a turn or transcript longer than this is not a dialogue turn
 MAX_SPEAKER_CHARS = 64
 FORBIDDEN_SPEAKER_CHARS = "<>"   # the text model's speaker tokens look like <s_k>
@@ -289,6 +291,7 @@ class WebSocketServer:
             return None
         self.stats[counter] += 1
         log.warning("websocket client %s disconnected: %s", connection.remote_address, reason)
+        connection.close_timeout = DROP_CLOSE_TIMEOUT_S
         return asyncio.ensure_future(connection.close(CLOSE_POLICY, reason))
 
     # -- per client -------------------------------------------------------------------------

@@ -125,7 +125,9 @@ def test_a_flooding_client_is_closed_and_little_gets_through(serve):
             while True:
                 ws.recv(timeout=TIMEOUT_S)
     assert closed.value.rcvd.code == 1008 and server.stats["rate_closed"] == 1
-    assert len(host.calls) <= 6 < sent
+    # A burst of 5 (plus a token refilled meanwhile) gets through; the client may see the close on
+    # its next send, so `sent` can be as low as that burst plus the one refused message.
+    assert len(host.calls) <= 6 and len(host.calls) < sent
 
 
 def test_a_client_that_does_not_read_is_dropped_not_buffered(serve):
